@@ -1,0 +1,43 @@
+# Every target creates or reuses .venv and installs what it needs: on a fresh clone `make demo` and
+# `make test` are the only two commands.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha256sum | cut -c1-12)
+export FEDBUS_DATA_DIR ?= $(abspath ../shared/datasets)
+export OMP_NUM_THREADS ?= 1
+PROTO_DIR := contracts/proto
+
+.PHONY: install demo test test-unit lint bench proto proto-check clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(VENV)/bin/fedbus run --config examples/demo.toml --out runs/demo
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy contracts services workers broker persistence ops
+	$(VENV)/bin/lint-imports
+
+bench: install
+	$(PY) -m services.bench --out docs
+
+# Regenerate the gRPC stubs from the .proto; a test checks they are in sync.
+proto: install
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+		$(PROTO_DIR)/fedbus/v1/federation.proto
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,157 @@
+"""The events of a federated run (DESIGN.md §3): past tense, frozen, registered explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+JsonDict = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCreated:
+    run_id: str
+    config: JsonDict
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelInitialized:
+    run_id: str
+    model_version: int
+    model_digest: str
+    num_parameters: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRegistered:
+    client_id: str
+    partition_index: int
+    capabilities: JsonDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientEvicted:
+    client_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundStarted:
+    run_id: str
+    round: int
+    attempt: int
+    model_version: int
+    model_digest: str
+    selected: tuple[str, ...]
+    deadline: float
+    train: JsonDict
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateAccepted:
+    run_id: str
+    round: int
+    update_id: str
+    client_id: str
+    num_samples: int
+    digest: str
+    wire_bytes: int
+    raw_bytes: int
+    ratio: float
+    epsilon: float | None
+    metrics: JsonDict
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateRejected:
+    run_id: str
+    round: int
+    client_id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientDeclined:
+    run_id: str
+    round: int
+    client_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuorumReached:
+    run_id: str
+    round: int
+    model_version: int
+    update_ids: tuple[str, ...]
+    partial: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundAggregated:
+    run_id: str
+    round: int
+    model_version: int
+    model_digest: str
+    num_updates: int
+    metrics: JsonDict
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundFailed:
+    run_id: str
+    round: int
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCompleted:
+    run_id: str
+    reason: str
+    rounds: int
+    metrics: JsonDict
+
+
+Event = (
+    RunCreated
+    | ModelInitialized
+    | ClientRegistered
+    | ClientEvicted
+    | RoundStarted
+    | UpdateAccepted
+    | UpdateRejected
+    | ClientDeclined
+    | QuorumReached
+    | RoundAggregated
+    | RoundFailed
+    | RunCompleted
+)
+
+# The explicit registry: wire type name -> (class, routing key). Nothing is imported by a name from the wire.
+EVENT_TYPES: Final[dict[str, tuple[type[Event], str]]] = {
+    "RunCreated": (RunCreated, "run.created"),
+    "ModelInitialized": (ModelInitialized, "model.initialized"),
+    "ClientRegistered": (ClientRegistered, "client.registered"),
+    "ClientEvicted": (ClientEvicted, "client.evicted"),
+    "RoundStarted": (RoundStarted, "round.started"),
+    "UpdateAccepted": (UpdateAccepted, "update.accepted"),
+    "UpdateRejected": (UpdateRejected, "update.rejected"),
+    "ClientDeclined": (ClientDeclined, "client.declined"),
+    "QuorumReached": (QuorumReached, "round.quorum_reached"),
+    "RoundAggregated": (RoundAggregated, "round.aggregated"),
+    "RoundFailed": (RoundFailed, "round.failed"),
+    "RunCompleted": (RunCompleted, "run.completed"),
+}
+_NAME_OF: Final[dict[type[Any], str]] = {cls: name for name, (cls, _) in EVENT_TYPES.items()}
+
+
+def type_name_of(event: Event) -> str:
+    return _NAME_OF[type(event)]
+
+
+def routing_key_of(event: Event) -> str:
+    return EVENT_TYPES[type_name_of(event)][1]

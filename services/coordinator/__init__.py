@@ -1,0 +1,1 @@
+"""fedbus: services/coordinator."""
