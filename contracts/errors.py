@@ -34,3 +34,7 @@ class ConcurrencyConflict(FedbusError):
 
 class NotFound(FedbusError, LookupError):
     """A blob, stream or run that was asked for does not exist."""
+
+
+class TransientError(FedbusError):
+    """A failure that may pass on retry (connection lost, timeout); adapters retry, consumers requeue."""

@@ -1,0 +1,168 @@
+"""RabbitMQ topology as hashable value objects (DESIGN.md §4), declared idempotently by both brokers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal
+
+from contracts.errors import ConfigError, NotFound
+
+ExchangeKind = Literal["topic", "fanout"]
+
+NAMESPACE: Final = "fedbus"
+DEFAULT_DELIVERY_LIMIT: Final = 5
+DEFAULT_CLIENT_TTL_S: Final = 600.0
+DEFAULT_INSPECT_MAX_LENGTH: Final = 10_000
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exchange:
+    """A durable exchange; `fanout` ignores routing keys."""
+
+    name: str
+    kind: ExchangeKind = "topic"
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Queue:
+    """A queue, the exchange it is bound to, its binding patterns and its policy arguments."""
+
+    name: str
+    exchange: str
+    bindings: tuple[str, ...]
+    quorum: bool = False
+    delivery_limit: int | None = None
+    message_ttl_s: float | None = None
+    max_length: int | None = None
+    dead_letter_exchange: str | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The `x-` arguments RabbitMQ declares the queue with."""
+        args: dict[str, Any] = {"x-queue-type": "quorum" if self.quorum else "classic"}
+        if self.delivery_limit is not None:
+            args["x-delivery-limit"] = self.delivery_limit
+        if self.message_ttl_s is not None:
+            args["x-message-ttl"] = round(self.message_ttl_s * 1000)
+        if self.max_length is not None:
+            args["x-max-length"] = self.max_length
+            args["x-overflow"] = "drop-head"
+        if self.dead_letter_exchange is not None:
+            args["x-dead-letter-exchange"] = self.dead_letter_exchange
+        return args
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topology:
+    """Every exchange and queue fedbus declares; per-client queues are made by `client_queue`."""
+
+    events: Exchange
+    dead: Exchange
+    dead_letters: Queue
+    aggregator: Queue
+    coordinator: Queue
+    inspect: Queue | None
+    client_template: Queue
+
+    @property
+    def exchanges(self) -> tuple[Exchange, ...]:
+        return (self.events, self.dead)
+
+    @property
+    def queues(self) -> tuple[Queue, ...]:
+        fixed = (self.dead_letters, self.aggregator, self.coordinator)
+        return fixed if self.inspect is None else (*fixed, self.inspect)
+
+    def client_queue(self, client_id: str) -> Queue:
+        """The queue of one client worker: round.started, round.failed and run.completed, with a TTL."""
+        if not _NAME_PART.match(client_id):
+            raise ConfigError("client_id", f"{client_id!r} is not a valid queue name part")
+        return replace(self.client_template, name=f"{self.client_template.name}.{client_id}")
+
+    def queue(self, name: str) -> Queue:
+        """A declared queue by name (fixed or per-client)."""
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        prefix = f"{self.client_template.name}."
+        if name.startswith(prefix):
+            return self.client_queue(name.removeprefix(prefix))
+        raise NotFound(f"queue {name!r} is not in the topology")
+
+
+def build_topology(
+    *,
+    namespace: str = NAMESPACE,
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    client_ttl_s: float = DEFAULT_CLIENT_TTL_S,
+    inspect_max_length: int | None = DEFAULT_INSPECT_MAX_LENGTH,
+) -> Topology:
+    """The fedbus topology; `namespace` prefixes every name, `inspect_max_length=None` drops the ring."""
+    if not _NAME_PART.match(namespace):
+        raise ConfigError("namespace", f"{namespace!r} is not a valid name prefix")
+    if delivery_limit < 1:
+        raise ConfigError("delivery_limit", "must be at least 1")
+    if client_ttl_s <= 0:
+        raise ConfigError("client_ttl_s", "must be positive")
+    if inspect_max_length is not None and inspect_max_length < 1:
+        raise ConfigError("inspect_max_length", "must be at least 1")
+    events = Exchange(name=f"{namespace}.events")
+    dead = Exchange(name=f"{namespace}.dead", kind="fanout")
+
+    def worker_queue(role: str, *keys: str) -> Queue:
+        return Queue(
+            name=f"{namespace}.{role}",
+            exchange=events.name,
+            bindings=keys,
+            quorum=True,
+            delivery_limit=delivery_limit,
+            dead_letter_exchange=dead.name,
+        )
+
+    inspect = None
+    if inspect_max_length is not None:
+        inspect = Queue(
+            name=f"{namespace}.inspect",
+            exchange=events.name,
+            bindings=("#",),
+            max_length=inspect_max_length,
+        )
+    client_template = replace(
+        worker_queue("client", "round.started", "round.failed", "run.completed"),
+        message_ttl_s=client_ttl_s,
+    )
+    return Topology(
+        events=events,
+        dead=dead,
+        dead_letters=Queue(name=f"{namespace}.dead-letters", exchange=dead.name, bindings=("#",)),
+        aggregator=worker_queue("aggregator", "run.created", "round.quorum_reached"),
+        coordinator=worker_queue("coordinator", "model.initialized", "round.aggregated"),
+        inspect=inspect,
+        client_template=client_template,
+    )
+
+
+DEFAULT: Final = build_topology()
+
+
+def client_queue(client_id: str) -> Queue:
+    """The default topology's queue for `client_id` (`fedbus.client.<client_id>`)."""
+    return DEFAULT.client_queue(client_id)
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic matching: `*` is exactly one word, `#` zero or more words."""
+    return _match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
+
+
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])

@@ -1,0 +1,140 @@
+"""Run configuration: validated once, where options become objects; errors name the field and the range."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from contracts.errors import ConfigError
+
+DATASETS = ("mnist", "cifar10")
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigError(
+            name, f"must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
+        )
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        raise ConfigError(name, f"must be in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {value!r}")
+    _check_range(name, value, low, high)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyConfig:
+    """Record-level DP-SGD at each client: a target (epsilon, delta) over the planned rounds."""
+
+    enabled: bool = True
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            _check_range("privacy.epsilon", self.epsilon, 0.0, 1000.0, low_open=True)
+            _check_range("privacy.delta", self.delta, 0.0, 0.1, low_open=True)
+        _check_range("privacy.max_grad_norm", self.max_grad_norm, 0.0, 1e6, low_open=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundConfig:
+    """How one round runs: who is selected, when it closes, and what each client does locally."""
+
+    clients_per_round: float = 1.0  # a fraction of eligible clients, (0, 1]
+    quorum: float = 0.8  # a fraction of the selected clients, (0, 1]
+    min_updates: int = 1
+    timeout_s: float = 120.0
+    grace_s: float = 0.0
+    max_attempts: int = 3
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.0
+    max_update_norm: float | None = None
+    max_update_bytes: int = 256 << 20
+
+    def __post_init__(self) -> None:
+        _check_range("round.clients_per_round", self.clients_per_round, 0.0, 1.0, low_open=True)
+        _check_range("round.quorum", self.quorum, 0.0, 1.0, low_open=True)
+        _check_int("round.min_updates", self.min_updates, 1, 100_000)
+        _check_range("round.timeout_s", self.timeout_s, 0.0, 86_400.0, low_open=True)
+        _check_range("round.grace_s", self.grace_s, 0.0, 3_600.0)
+        _check_int("round.max_attempts", self.max_attempts, 1, 100)
+        _check_int("round.local_epochs", self.local_epochs, 1, 1000)
+        _check_int("round.batch_size", self.batch_size, 1, 65_536)
+        _check_range("round.lr", self.lr, 0.0, 100.0, low_open=True)
+        _check_range("round.momentum", self.momentum, 0.0, 0.999)
+        if self.max_update_norm is not None:
+            _check_range("round.max_update_norm", self.max_update_norm, 0.0, 1e9, low_open=True)
+        _check_int("round.max_update_bytes", self.max_update_bytes, 1024, 4 << 30)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    """Everything a run needs; its dict form travels in RunCreated and RoundStarted."""
+
+    dataset: str = "mnist"
+    model: str = "mnist_dp_cnn"
+    clients: int = 10
+    rounds: int = 20
+    partition: str = "iid"
+    compression: str = "int8"
+    seed: int = 0
+    target_accuracy: float | None = None
+    patience: int = 0
+    min_delta: float = 0.0
+    eval_limit: int | None = None
+    train_limit: int | None = None
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    round: RoundConfig = field(default_factory=RoundConfig)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError("dataset", f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        _check_int("clients", self.clients, 1, 100_000)
+        _check_int("rounds", self.rounds, 1, 100_000)
+        _check_int("seed", self.seed, 0, 2**31 - 1)
+        if self.target_accuracy is not None:
+            _check_range("target_accuracy", self.target_accuracy, 0.0, 1.0, low_open=True)
+        _check_int("patience", self.patience, 0, 100_000)
+        _check_range("min_delta", self.min_delta, 0.0, 1.0)
+        if self.eval_limit is not None:
+            _check_int("eval_limit", self.eval_limit, 1, 10_000_000)
+        if self.train_limit is not None:
+            _check_int("train_limit", self.train_limit, self.clients, 10_000_000)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from plain data (TOML, JSON, an event); unknown keys are errors naming the key."""
+        data = dict(data)
+        privacy = _section(PrivacyConfig, "privacy", data.pop("privacy", {}))
+        round_ = _section(RoundConfig, "round", data.pop("round", {}))
+        return _build(cls, "", {**data, "privacy": privacy, "round": round_})
+
+
+def _section(cls: type[Any], name: str, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(name, f"must be a table of options, got {data!r}")
+    return _build(cls, f"{name}.", data)
+
+
+def _build(cls: type[Any], prefix: str, data: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}", f"unknown option; allowed: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # a wrong type that the checks did not name
+        raise ConfigError(prefix.rstrip(".") or "config", str(exc)) from exc

@@ -1,0 +1,58 @@
+"""Data models that cross process boundaries besides events: capabilities, updates and global models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from contracts.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCapabilities:
+    device: str = "cpu"
+    cores: int = 1
+    memory_bytes: int = 0
+    hostname: str = ""
+
+    def __post_init__(self) -> None:
+        if self.cores < 0 or self.memory_bytes < 0:
+            raise ConfigError("capabilities", "cores and memory_bytes must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalModel:
+    run_id: str
+    version: int
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelUpdate:
+    """The header of an uploaded update, validated where the bytes arrive."""
+
+    run_id: str
+    round: int
+    client_id: str
+    base_model_version: int
+    num_samples: int
+    codec: str
+    total_size: int
+    sha256: str
+    raw_bytes: int = 0
+    epsilon: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            raise ConfigError("header.run_id", "must not be empty")
+        if self.round < 1:
+            raise ConfigError("header.round", f"must be >= 1, got {self.round}")
+        if self.num_samples < 1:
+            raise ConfigError("header.num_samples", f"must be >= 1, got {self.num_samples}")
+        if self.total_size < 1:
+            raise ConfigError("header.total_size", f"must be >= 1, got {self.total_size}")
+        if len(self.sha256) != 64:
+            raise ConfigError("header.sha256", "must be 64 hex digits")
+        if self.epsilon is not None and not self.epsilon >= 0:
+            raise ConfigError("header.epsilon", f"must be >= 0, got {self.epsilon}")

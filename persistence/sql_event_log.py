@@ -1,0 +1,206 @@
+"""The event log on SQLAlchemy Core with an AsyncEngine: the same code for SQLite and PostgreSQL.
+
+Appends are serialized (BEGIN IMMEDIATE on SQLite, a transaction-scoped advisory lock on PostgreSQL) so
+positions are handed out in commit order and a reader tailing by position never skips a late commit.
+Projections are applied in the appending transaction. Reads and blob puts retry transient errors;
+appends raise TransientError to the caller, whose redelivery decides.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts.envelope import Envelope, RecordedEvent
+from contracts.errors import NotFound
+from contracts.event_codec import event_from_dict
+from contracts.ports import EventLog
+from persistence import sql_read_model as read_model
+from persistence.errors import IDEMPOTENT_IO, RetryPolicy, retried, translated
+from persistence.schema import blobs, events, metadata
+from persistence.sql_dialect import append_lock
+from persistence.sql_engine import begin_write, create_engine
+from persistence.sql_unit_of_work import SqlUnitOfWork
+
+T = TypeVar("T")
+Record = dict[str, Any]
+
+
+class SqlEventLog(EventLog):
+    """EventLog, UnitOfWork factory, BlobStore and read model over one AsyncEngine."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, retry: RetryPolicy = IDEMPOTENT_IO, now: Callable[[], float] = time.time
+    ) -> None:
+        self._engine = engine
+        self._retry = retry
+        self._now = now
+
+    @classmethod
+    async def connect(cls, url: str, *, create: bool = True, retry: RetryPolicy = IDEMPOTENT_IO) -> SqlEventLog:
+        """Open the database at `url` (sqlite[+aiosqlite]:///path or postgresql[+asyncpg]://...).
+
+        With `create`, missing tables are created (metadata.create_all; `fedbus db upgrade` runs Alembic).
+        """
+        log = cls(create_engine(url, create_dirs=create), retry=retry)
+        if create:
+            try:
+                async with log._write("create schema") as conn:
+                    await conn.run_sync(metadata.create_all)
+            except BaseException:
+                await log.close()
+                raise
+        return log
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine (migrations and administrative tasks)."""
+        return self._engine
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _write(self, action: str) -> AsyncIterator[AsyncConnection]:
+        conn = self._engine.connect()
+        with translated(action):
+            await conn.start()
+        try:
+            with translated(action):
+                await begin_write(conn)
+                lock = append_lock(conn.dialect.name)
+                if lock is not None and action == "create schema":
+                    await conn.execute(lock)  # several processes may start at once
+            yield conn
+            with translated(action):
+                await conn.commit()
+        finally:
+            await conn.close()  # rolls back whatever was not committed
+
+    async def _read(self, action: str, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async def once() -> T:
+            with translated(action):
+                async with self._engine.connect() as conn:
+                    return await query(conn)
+
+        return await retried(self._retry, once)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
+        """A unit of work: commits when the block exits normally, rolls back on any exception."""
+        async with self._write("transaction") as conn:
+            yield SqlUnitOfWork(conn, now=self._now)
+
+    async def append(
+        self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None
+    ) -> int:
+        """Append at the stream's end in a transaction of its own; returns the new stream version."""
+        async with self.transaction() as uow:
+            return await uow.append(stream_id, events, expected_version)
+
+    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        query = (
+            select(events)
+            .where(events.c.stream_id == stream_id, events.c.version > after_version)
+            .order_by(events.c.version)
+        )
+        return await self._read("read stream", lambda conn: _recorded(conn, query))
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        query = select(events).where(events.c.position > after_position).order_by(events.c.position).limit(limit)
+        return await self._read("read all", lambda conn: _recorded(conn, query))
+
+    async def unpublished(self, limit: int = 100) -> list[RecordedEvent]:
+        query = select(events).where(events.c.published_at.is_(None)).order_by(events.c.position).limit(limit)
+        return await self._read("read unpublished", lambda conn: _recorded(conn, query))
+
+    async def mark_published(self, positions: Sequence[int]) -> None:
+        """Set published_at on these positions; idempotent, hence retried."""
+        if not positions:
+            return
+
+        async def once() -> None:
+            async with self._write("mark published") as conn:
+                await conn.execute(
+                    update(events)
+                    .where(events.c.position.in_(list(positions)), events.c.published_at.is_(None))
+                    .values(published_at=self._now())
+                )
+
+        await retried(self._retry, once)
+
+    async def put_blob(self, digest: str, kind: str, data: bytes) -> None:
+        """Store bytes under their digest; storing the same digest again is a no-op."""
+
+        async def once() -> None:
+            async with self.transaction() as uow:
+                await uow.put_blob(digest, kind, data)
+
+        await retried(self._retry, once)
+
+    async def get_blob(self, digest: str) -> bytes:
+        async def query(conn: AsyncConnection) -> bytes | None:
+            return await conn.scalar(select(blobs.c.data).where(blobs.c.digest == digest))
+
+        data = await self._read("get blob", query)
+        if data is None:
+            raise NotFound(f"blob {digest}")
+        return bytes(data)
+
+    async def has_blob(self, digest: str) -> bool:
+        async def query(conn: AsyncConnection) -> bool:
+            count = await conn.scalar(select(func.count()).select_from(blobs).where(blobs.c.digest == digest))
+            return bool(count)
+
+        return await self._read("has blob", query)
+
+    async def runs(self) -> list[Record]:
+        """Every run's projection row, newest first."""
+        return await self._read("read runs", read_model.list_runs)
+
+    async def run(self, run_id: str) -> Record:
+        """One run's projection row; NotFound when there is no such run."""
+        found = await self._read("read run", lambda conn: read_model.get_run(conn, run_id))
+        if found is None:
+            raise NotFound(f"run {run_id}")
+        return found
+
+    async def rounds(self, run_id: str) -> list[Record]:
+        """The rounds of a run, in round order."""
+        return await self._read("read rounds", lambda conn: read_model.list_rounds(conn, run_id))
+
+    async def clients(self) -> list[Record]:
+        """Every registered client, by id."""
+        return await self._read("read clients", read_model.list_clients)
+
+    async def updates(self, run_id: str, round_: int) -> list[Record]:
+        """The accepted updates of one round."""
+        return await self._read("read updates", lambda conn: read_model.list_updates(conn, run_id, round_))
+
+    async def prune(self, keep_rounds: int) -> int:
+        """Delete the blobs of rounds older than each run's last `keep_rounds`; returns how many."""
+        async with self._write("prune") as conn:
+            return await read_model.prune_blobs(conn, keep_rounds)
+
+
+async def _recorded(conn: AsyncConnection, query: Any) -> list[RecordedEvent]:
+    return [_to_recorded(row) for row in await conn.execute(query)]
+
+
+def _to_recorded(row: Row[Any]) -> RecordedEvent:
+    envelope = Envelope(
+        event=event_from_dict(row.type, row.payload),
+        event_id=row.event_id,
+        occurred_at=row.occurred_at,
+        schema_version=row.schema_version,
+        traceparent=row.traceparent,
+    )
+    return RecordedEvent(envelope=envelope, position=row.position, stream_id=row.stream_id, version=row.version)
+
+
+__all__ = ["SqlEventLog"]

@@ -1,0 +1,63 @@
+"""The `fedbus` command. Bad options: one line naming the field, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from contracts.errors import ConfigError, FedbusError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.cli.options import add_run_options
+
+    parser = _Parser(prog="fedbus", description="Federated learning over a message broker.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser(
+        "run",
+        help="run a federated training embedded on this machine (no servers needed)",
+        description="Run coordinator, aggregator and clients in one process tree: an in-memory broker, "
+        "a SQLite event log in --out, the real gRPC server on loopback and training in a process pool.",
+    )
+    add_run_options(run)
+    run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default runs/latest)")
+    run.add_argument("--workers", type=int, help="training processes (default: the number of cores)")
+    run.add_argument("--data-dir", help="dataset folder (default $FEDBUS_DATA_DIR, then ~/.cache/fedbus/data)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            from services.cli.run_command import run_command
+
+            return run_command(args)
+    except ConfigError as exc:
+        print(f"fedbus {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FedbusError as exc:
+        print(f"fedbus {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

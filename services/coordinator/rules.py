@@ -1,0 +1,70 @@
+"""Pure decisions of the round: selection, quorum, deadlines and convergence (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from enum import StrEnum
+
+from contracts.config import RunConfig
+from services.coordinator.state import RoundState
+
+
+class StopReason(StrEnum):
+    TARGET = "target"
+    CONVERGED = "converged"
+    MAX_ROUNDS = "max_rounds"
+    BUDGET = "budget"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+def select_clients(eligible: Sequence[str], fraction: float, *, seed: int, round_: int, attempt: int) -> tuple[str, ...]:
+    """A seeded sample of ceil(fraction * eligible) clients, different for every round and attempt."""
+    pool = sorted(eligible)
+    count = max(1, math.ceil(fraction * len(pool))) if pool else 0
+    rng = random.Random(f"{seed}:{round_}:{attempt}")
+    return tuple(sorted(rng.sample(pool, count)))
+
+
+def quorum_size(selected: int, quorum: float, min_updates: int) -> int:
+    return min(selected, max(min_updates, math.ceil(quorum * selected)))
+
+
+class RoundDecision(StrEnum):
+    WAIT = "wait"
+    QUORUM = "quorum"
+    FAIL = "fail"
+
+
+def decide(round_: RoundState, config: RunConfig, now: float) -> RoundDecision:
+    """Whether an open round should close now, and how."""
+    if round_.closed:
+        return RoundDecision.WAIT
+    selected = len(round_.selected)
+    accepted = len(round_.accepted)
+    everyone_answered = round_.responded >= selected
+    enough = accepted >= quorum_size(selected, config.round.quorum, config.round.min_updates)
+    if enough and (everyone_answered or config.round.grace_s == 0):
+        return RoundDecision.QUORUM
+    if enough and round_.quorum_at is not None and now >= round_.quorum_at + config.round.grace_s:
+        return RoundDecision.QUORUM
+    if now >= round_.deadline or everyone_answered:
+        if accepted >= config.round.min_updates:
+            return RoundDecision.QUORUM
+        return RoundDecision.FAIL
+    return RoundDecision.WAIT
+
+
+def convergence(accuracies: Sequence[float], config: RunConfig) -> StopReason | None:
+    """Stop on the target accuracy, on no improvement for `patience` rounds, or at the round limit."""
+    if config.target_accuracy is not None and accuracies and accuracies[-1] >= config.target_accuracy:
+        return StopReason.TARGET
+    if config.patience > 0 and len(accuracies) > config.patience:
+        best_before = max(accuracies[: -config.patience])
+        if max(accuracies[-config.patience :]) < best_before + config.min_delta:
+            return StopReason.CONVERGED
+    if len(accuracies) >= config.rounds:
+        return StopReason.MAX_ROUNDS
+    return None

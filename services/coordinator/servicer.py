@@ -1,0 +1,146 @@
+"""The gRPC edge: parse, call one coordinator function, encode; errors through one status table."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from contracts.errors import CodecError, DigestMismatch
+from contracts.models import ClientCapabilities, ModelUpdate
+from contracts.proto.fedbus.v1 import federation_pb2 as pb
+from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
+from contracts.tensor_codec import ChunkAssembler, TooLarge, iter_chunks
+from contracts.update_validation import RejectReason
+from contracts.ports import Clock
+from services.coordinator.service import Coordinator, SystemClock
+from services.coordinator.status import status_of
+from services.coordinator.tokens import PermissionDenied, TokenAuthority, Unauthenticated
+
+CHUNK_SIZE = 1 << 20
+
+
+def bearer(context: grpc.aio.ServicerContext[object, object]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(
+        self, coordinator: Coordinator, tokens: TokenAuthority, *, chunk_size: int = CHUNK_SIZE, clock: Clock | None = None
+    ) -> None:
+        self._coordinator = coordinator
+        self._clock = clock or SystemClock()
+        self._tokens = tokens
+        self._chunk_size = chunk_size
+
+    def _client_id(self, context: grpc.aio.ServicerContext[object, object]) -> str:
+        return self._tokens.verify(bearer(context), now=self._clock_now())
+
+    def _clock_now(self) -> float:
+        return self._clock.now()
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[object, object]) -> pb.RegisterReply:  # noqa: N802
+        try:
+            self._tokens.check_enrollment(bearer(context))
+            caps = request.capabilities
+            record = await self._coordinator.register(
+                ClientCapabilities(device=caps.device, cores=caps.cores, memory_bytes=caps.memory_bytes, hostname=caps.hostname),
+                request.instance_name,
+            )
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+        return pb.RegisterReply(
+            client_id=record.client_id,
+            client_token=self._tokens.issue(record.client_id, now=self._clock_now()),
+            partition_index=record.partition_index,
+            partition_count=self._coordinator.partition_count,
+        )
+
+    async def DownloadModel(  # noqa: N802
+        self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[pb.ModelChunk]:
+        try:
+            self._client_id(context)
+            if request.offset < 0:
+                raise CodecError("offset must be >= 0")
+            manifest, data = await self._coordinator.model(request.run_id, request.model_version)
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+        specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in manifest.tensors]
+        first = True
+        for chunk in iter_chunks(data[request.offset :], self._chunk_size) if request.offset < len(data) else [b""]:
+            header = pb.Manifest(digest=manifest.digest, size=manifest.size, tensors=specs) if first else None
+            yield pb.ModelChunk(manifest=header, data=bytes(chunk))
+            first = False
+
+    async def UploadUpdate(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.UploadReply:
+        try:
+            client_id = self._client_id(context)
+            first = await anext(aiter(request_iterator), None)
+            if first is None or not first.HasField("header"):
+                raise CodecError("bad_header: the first chunk must carry the header")
+            header = _header(first.header)
+            if header.client_id != client_id:
+                raise PermissionDenied(f"token of {client_id} cannot upload as {header.client_id}")
+            ticket = await self._coordinator.begin_upload(client_id, header)
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+        try:
+            payload = await self._assemble(first.data, request_iterator, header, ticket.max_size)
+        except TooLarge as exc:
+            await context.abort(*status_of(await self._coordinator.refuse_payload(ticket, RejectReason.TOO_LARGE, str(exc))))
+        except DigestMismatch as exc:
+            await context.abort(*status_of(await self._coordinator.refuse_payload(ticket, RejectReason.DIGEST_MISMATCH, str(exc))))
+        except CodecError as exc:
+            await context.abort(*status_of(await self._coordinator.refuse_payload(ticket, RejectReason.CORRUPT, str(exc))))
+        except BaseException:
+            self._coordinator.abandon_upload(ticket)
+            raise
+        try:
+            accepted = await self._coordinator.finish_upload(ticket, payload)
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+        return pb.UploadReply(update_id=accepted.update_id, accepted=True, late=accepted.late)
+
+    async def _assemble(
+        self, first: bytes, rest: AsyncIterator[pb.UpdateChunk], header: ModelUpdate, max_size: int
+    ) -> bytes:
+        assembler = ChunkAssembler(expected_size=header.total_size, expected_digest=header.sha256, max_size=max_size)
+        assembler.add(first)
+        async for chunk in rest:
+            if chunk.HasField("header"):
+                raise CodecError("only the first chunk may carry a header")
+            assembler.add(chunk.data)
+        return assembler.finish()
+
+    async def Decline(self, request: pb.DeclineRequest, context: grpc.aio.ServicerContext[object, object]) -> pb.DeclineReply:  # noqa: N802
+        try:
+            client_id = self._client_id(context)
+            await self._coordinator.decline(client_id, request.run_id, request.round, request.reason)
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+        return pb.DeclineReply()
+
+
+def _header(h: pb.UpdateHeader) -> ModelUpdate:
+    try:
+        return ModelUpdate(
+            run_id=h.run_id,
+            round=h.round,
+            client_id=h.client_id,
+            base_model_version=h.base_model_version,
+            num_samples=h.num_samples,
+            codec=h.codec,
+            total_size=h.total_size,
+            sha256=h.sha256,
+            raw_bytes=h.raw_bytes,
+            epsilon=h.epsilon if h.HasField("epsilon") else None,
+            metrics=dict(h.metrics),
+        )
+    except ValueError as exc:
+        raise CodecError(f"bad_header: {exc}") from exc

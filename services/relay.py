@@ -1,0 +1,52 @@
+"""The outbox relay: publishes appended events in position order and marks what it published.
+
+At-least-once: a crash between publish and mark publishes again, and every consumer is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from contracts.errors import TransientError
+from contracts.ports import EventLog, Publisher
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(self, log_: EventLog, publisher: Publisher, *, interval: float = 0.05, batch: int = 100) -> None:
+        self._log = log_
+        self._publisher = publisher
+        self._interval = interval
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        """Publish soon (after an append) instead of at the next poll."""
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish what is pending; returns how many events went out."""
+        sent = 0
+        while pending := await self._log.unpublished(limit=self._batch):
+            for recorded in pending:
+                await self._publisher.publish(recorded.envelope)
+                await self._log.mark_published([recorded.position])
+                sent += 1
+        self.published += sent
+        return sent
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.relay_once()
+            except TransientError as exc:
+                log.warning("outbox relay: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass

@@ -1,0 +1,1 @@
+"""Test support: tools tests share (a TCP proxy that cuts connections)."""

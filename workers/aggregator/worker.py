@@ -1,0 +1,103 @@
+"""The aggregator worker: builds the initial model on RunCreated and runs FedAvg on QuorumReached.
+
+Idempotent: the inbox claim commits in the same transaction as the new model and its event, so a
+redelivered QuorumReached (after a crash before the ack) changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from contracts.compression import decompress_update
+from contracts.config import RunConfig
+from contracts.envelope import Envelope
+from contracts.events import (
+    ModelInitialized,
+    QuorumReached,
+    RoundAggregated,
+    RunCreated,
+    UpdateAccepted,
+)
+from contracts.ports import EventLog
+from contracts.tensor_codec import decode_tensors, encode_with_manifest
+from workers.aggregator.evaluator import PoolEvaluator
+from workers.learning.fedavg import StreamingFedAvg, apply_update
+
+log = logging.getLogger(__name__)
+CONSUMER = "aggregator"
+
+
+def _stream(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+class AggregatorWorker:
+    def __init__(self, log_: EventLog, evaluator: PoolEvaluator, *, max_weight: float | None = None) -> None:
+        self._log = log_
+        self._evaluator = evaluator
+        self._max_weight = max_weight
+        self.aggregations = 0
+
+    async def handle(self, envelope: Envelope) -> None:
+        event = envelope.event
+        if isinstance(event, RunCreated):
+            await self._initialize(envelope, event)
+        elif isinstance(event, QuorumReached):
+            await self._aggregate(envelope, event)
+
+    async def _initialize(self, envelope: Envelope, event: RunCreated) -> None:
+        history = await self._log.read_stream(_stream(event.run_id))
+        if any(isinstance(r.envelope.event, ModelInitialized) for r in history):
+            return
+        config = RunConfig.from_dict(event.config)
+        weights = await self._evaluator.initial(config.model, config.seed)
+        data, manifest = encode_with_manifest(weights)
+        params = sum(int(a.size) for a in weights.values())
+        done = ModelInitialized(run_id=event.run_id, model_version=0, model_digest=manifest.digest, num_parameters=params)
+        async with self._log.transaction() as uow:
+            if await uow.claim(CONSUMER, envelope.event_id):
+                await uow.put_blob(manifest.digest, "model", data)
+                await uow.append(_stream(event.run_id), [Envelope(event=done, traceparent=envelope.traceparent)])
+
+    async def _aggregate(self, envelope: Envelope, event: QuorumReached) -> None:
+        started = time.perf_counter()
+        history = [r.envelope.event for r in await self._log.read_stream(_stream(event.run_id))]
+        if any(isinstance(e, RoundAggregated) and e.round == event.round for e in history):
+            return  # already aggregated (a redelivery after the commit)
+        created = next(e for e in history if isinstance(e, RunCreated))
+        config = RunConfig.from_dict(created.config)
+        models = {
+            e.model_version: e.model_digest for e in history if isinstance(e, ModelInitialized | RoundAggregated)
+        }
+        updates = {e.update_id: e for e in history if isinstance(e, UpdateAccepted)}
+        base = decode_tensors(await self._log.get_blob(models[event.model_version]))
+        fedavg = StreamingFedAvg(max_weight=self._max_weight)
+        train_loss = 0.0
+        for update_id in event.update_ids:
+            accepted = updates[update_id]
+            delta = decompress_update(await self._log.get_blob(accepted.digest))
+            await asyncio.to_thread(fedavg.add, delta, accepted.num_samples)
+            train_loss += float(accepted.metrics.get("loss", 0.0)) * accepted.num_samples
+        weights = apply_update(base, fedavg.result())
+        metrics = await self._evaluator.evaluate(
+            weights, model=config.model, dataset=config.dataset, limit=config.eval_limit
+        )
+        metrics["train_loss"] = train_loss / max(1, sum(updates[u].num_samples for u in event.update_ids))
+        data, manifest = encode_with_manifest(weights)
+        done = RoundAggregated(
+            run_id=event.run_id,
+            round=event.round,
+            model_version=event.model_version + 1,
+            model_digest=manifest.digest,
+            num_updates=fedavg.count,
+            metrics=metrics,
+            duration_s=time.perf_counter() - started,
+        )
+        async with self._log.transaction() as uow:
+            if await uow.claim(CONSUMER, envelope.event_id):
+                await uow.put_blob(manifest.digest, "model", data)
+                await uow.append(_stream(event.run_id), [Envelope(event=done, traceparent=envelope.traceparent)])
+                self.aggregations += 1
+        log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)

@@ -1,0 +1,144 @@
+"""The client's side of the gRPC contract: deadlines on every call, retries on UNAVAILABLE only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from contracts.errors import DigestMismatch
+from contracts.models import ClientCapabilities, ModelUpdate
+from contracts.proto.fedbus.v1 import federation_pb2 as pb
+from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
+from contracts.tensor_codec import ChunkAssembler, iter_chunks
+
+T = TypeVar("T")
+CHUNK_SIZE = 1 << 20
+MAX_MODEL_BYTES = 2 << 30
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Registration:
+    client_id: str
+    token: str
+    partition_index: int
+    partition_count: int
+
+
+class FederationClient:
+    """One channel to the coordinator; `token` is set by `register`."""
+
+    def __init__(
+        self, address: str, *, deadline_s: float = 60.0, attempts: int = 5, chunk_size: int = CHUNK_SIZE
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)]
+        )
+        self._stub = pb_grpc.FederationStub(self._channel)
+        self._deadline = deadline_s
+        self._attempts = attempts
+        self._chunk_size = chunk_size
+        self.token = ""
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _metadata(self, token: str | None = None) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token or self.token}"),)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_unavailable),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: tenacity reraises")
+
+    async def register(self, enrollment_token: str, capabilities: ClientCapabilities, instance_name: str = "") -> Registration:
+        request = pb.RegisterRequest(
+            capabilities=pb.Capabilities(
+                device=capabilities.device,
+                cores=capabilities.cores,
+                memory_bytes=capabilities.memory_bytes,
+                hostname=capabilities.hostname,
+            ),
+            instance_name=instance_name,
+        )
+
+        async def call() -> pb.RegisterReply:
+            return await self._stub.Register(request, metadata=self._metadata(enrollment_token), timeout=self._deadline)
+
+        reply = await self._retrying(call)
+        self.token = reply.client_token
+        return Registration(
+            client_id=reply.client_id,
+            token=reply.client_token,
+            partition_index=reply.partition_index,
+            partition_count=reply.partition_count,
+        )
+
+    async def download_model(self, run_id: str, version: int, expected_digest: str) -> bytes:
+        """The model's bytes, verified against `expected_digest` (DigestMismatch otherwise)."""
+
+        async def call() -> bytes:
+            stream = self._stub.DownloadModel(
+                pb.DownloadRequest(run_id=run_id, model_version=version), metadata=self._metadata(), timeout=self._deadline
+            )
+            assembler: ChunkAssembler | None = None
+            async for chunk in stream:
+                if assembler is None:
+                    manifest = chunk.manifest
+                    if manifest.digest != expected_digest:
+                        raise DigestMismatch(f"server offers {manifest.digest}, round names {expected_digest}")
+                    assembler = ChunkAssembler(expected_size=manifest.size, expected_digest=manifest.digest, max_size=MAX_MODEL_BYTES)
+                assembler.add(chunk.data)
+            if assembler is None:
+                raise DigestMismatch("empty model stream")
+            return assembler.finish()
+
+        return await self._retrying(call)
+
+    async def upload(self, header: ModelUpdate, payload: bytes) -> pb.UploadReply:
+        pb_header = pb.UpdateHeader(
+            run_id=header.run_id,
+            round=header.round,
+            client_id=header.client_id,
+            base_model_version=header.base_model_version,
+            num_samples=header.num_samples,
+            metrics=header.metrics,
+            epsilon=header.epsilon,
+            codec=header.codec,
+            total_size=header.total_size,
+            sha256=header.sha256,
+            raw_bytes=header.raw_bytes,
+        )
+
+        async def chunks() -> AsyncIterator[pb.UpdateChunk]:
+            first = True
+            for piece in iter_chunks(payload, self._chunk_size):
+                yield pb.UpdateChunk(header=pb_header if first else None, data=bytes(piece))
+                first = False
+
+        async def call() -> pb.UploadReply:
+            return await self._stub.UploadUpdate(chunks(), metadata=self._metadata(), timeout=self._deadline)
+
+        return await self._retrying(call)
+
+    async def decline(self, run_id: str, round_: int, reason: str) -> None:
+        async def call() -> pb.DeclineReply:
+            return await self._stub.Decline(
+                pb.DeclineRequest(run_id=run_id, round=round_, reason=reason), metadata=self._metadata(), timeout=self._deadline
+            )
+
+        await self._retrying(call)

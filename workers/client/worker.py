@@ -1,0 +1,166 @@
+"""The client worker: reacts to RoundStarted by training locally with DP and streaming its update back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from contracts.compression import ErrorFeedback, compress_update, parse_compression
+from contracts.envelope import Envelope
+from contracts.events import RoundStarted, RunCompleted
+from contracts.models import ModelUpdate
+from contracts.ports import Clock
+from contracts.tensor_codec import decode_tensors, sha256_hex
+from contracts.tensors import TensorDict
+from workers.client.trainer import PoolTrainer, partition_indices
+from workers.client.transport import FederationClient, Registration
+from workers.learning.privacy import PrivacyLedger, PrivacyPlan, plan_privacy
+from workers.learning.training import LocalTrainConfig
+
+log = logging.getLogger(__name__)
+BUDGET_REASON = "privacy_budget"
+
+
+@dataclass(slots=True)
+class RunMemory:
+    """What a client keeps across the rounds of one run."""
+
+    run_id: str
+    indices: np.ndarray
+    plan: PrivacyPlan | None
+    ledger: dict[str, Any] | None = None
+    feedback: ErrorFeedback = field(default_factory=ErrorFeedback)
+    done: set[tuple[int, int]] = field(default_factory=set)  # (round, attempt) already handled
+
+
+class ClientWorker:
+    def __init__(
+        self,
+        transport: FederationClient,
+        trainer: PoolTrainer,
+        registration: Registration,
+        *,
+        data_dir: str | None,
+        clock: Clock,
+    ) -> None:
+        self._transport = transport
+        self._trainer = trainer
+        self._registration = registration
+        self._data_dir = data_dir
+        self._clock = clock
+        self._runs: dict[str, RunMemory] = {}
+        self._models: dict[str, TensorDict] = {}
+        self.rounds_trained = 0
+
+    @property
+    def client_id(self) -> str:
+        return self._registration.client_id
+
+    async def handle(self, envelope: Envelope) -> None:
+        event = envelope.event
+        if isinstance(event, RoundStarted) and self.client_id in event.selected:
+            await self._on_round(event)
+        elif isinstance(event, RunCompleted):
+            self._runs.pop(event.run_id, None)
+
+    async def _on_round(self, event: RoundStarted) -> None:
+        memory = await self._memory(event)
+        if (event.round, event.attempt) in memory.done or self._clock.now() > event.deadline:
+            return
+        memory.done.add((event.round, event.attempt))
+        train = event.train
+        privacy = train["privacy"]
+        plan = memory.plan
+        if plan is not None:
+            ledger = PrivacyLedger.from_dict(memory.ledger) if memory.ledger else PrivacyLedger()
+            after = ledger.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round, privacy["delta"])
+            if after > float(privacy["epsilon"]) * (1 + 1e-6):
+                log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)
+                await self._decline(event, BUDGET_REASON)
+                return
+        base = await self._model(event)
+        config = LocalTrainConfig(
+            model=train["model"],
+            dataset=train["dataset"],
+            data_dir=self._data_dir,
+            epochs=int(train["epochs"]),
+            batch_size=int(train["batch_size"]),
+            lr=float(train["lr"]),
+            momentum=float(train["momentum"]),
+            dp=plan is not None,
+            max_grad_norm=float(privacy["max_grad_norm"]),
+            noise_multiplier=plan.noise_multiplier if plan else None,
+            delta=float(privacy["delta"]),
+            seed=int(train["seed"]) * 1000 + event.round * 7 + self._registration.partition_index,
+        )
+        result = await self._trainer.train(base, memory.indices, config, memory.ledger)
+        memory.ledger = result.ledger if plan is not None else None
+        spec = parse_compression(str(train["compression"]))
+        compressed = await asyncio.to_thread(compress_update, result.delta, spec, memory.feedback)
+        header = ModelUpdate(
+            run_id=event.run_id,
+            round=event.round,
+            client_id=self.client_id,
+            base_model_version=event.model_version,
+            num_samples=result.num_samples,
+            codec=str(spec),
+            total_size=len(compressed.payload),
+            sha256=sha256_hex(compressed.payload),
+            raw_bytes=compressed.raw_bytes,
+            epsilon=result.epsilon,
+            metrics={k: float(v) for k, v in result.metrics.items()},
+        )
+        try:
+            await self._transport.upload(header, compressed.payload)
+            self.rounds_trained += 1
+        except grpc.aio.AioRpcError as exc:
+            # The coordinator refused or the round closed: nothing to retry, the next round will come.
+            log.warning("client %s: upload for round %s refused: %s %s", self.client_id, event.round, exc.code(), exc.details())
+
+    async def _decline(self, event: RoundStarted, reason: str) -> None:
+        try:
+            await self._transport.decline(event.run_id, event.round, reason)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("client %s: decline refused: %s %s", self.client_id, exc.code(), exc.details())
+
+    async def _memory(self, event: RoundStarted) -> RunMemory:
+        if event.run_id not in self._runs:
+            train = event.train
+            reg = self._registration
+            indices = await asyncio.to_thread(
+                partition_indices,
+                train["dataset"],
+                self._data_dir,
+                scheme=train["partition"],
+                count=reg.partition_count,
+                index=reg.partition_index,
+                seed=int(train["seed"]),
+                limit=train.get("train_limit"),
+            )
+            privacy = train["privacy"]
+            plan = None
+            if privacy["enabled"]:
+                plan = await asyncio.to_thread(
+                    plan_privacy,
+                    target_epsilon=float(privacy["epsilon"]),
+                    delta=float(privacy["delta"]),
+                    num_samples=len(indices),
+                    batch_size=int(train["batch_size"]),
+                    epochs_per_round=int(train["epochs"]),
+                    rounds=int(train["rounds"]),
+                )
+            self._runs[event.run_id] = RunMemory(run_id=event.run_id, indices=indices, plan=plan)
+        return self._runs[event.run_id]
+
+    async def _model(self, event: RoundStarted) -> TensorDict:
+        if event.model_digest not in self._models:
+            data = await self._transport.download_model(event.run_id, event.model_version, event.model_digest)
+            if len(self._models) >= 2:
+                self._models.pop(next(iter(self._models)))
+            self._models[event.model_digest] = decode_tensors(data)
+        return self._models[event.model_digest]
