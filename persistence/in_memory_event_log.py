@@ -41,7 +41,9 @@ class _Stored:
             schema_version=self.schema_version,
             traceparent=self.traceparent,
         )
-        return RecordedEvent(envelope=envelope, position=self.position, stream_id=self.stream_id, version=self.version)
+        return RecordedEvent(
+            envelope=envelope, position=self.position, stream_id=self.stream_id, version=self.version
+        )
 
 
 class InMemoryUnitOfWork(UnitOfWork):
@@ -66,7 +68,9 @@ class InMemoryUnitOfWork(UnitOfWork):
     ) -> int:
         version = self.versions.get(stream_id, self._log._versions.get(stream_id, 0))
         if expected_version is not None and expected_version != version:
-            raise ConcurrencyConflict(f"stream {stream_id!r} is at version {version}, expected {expected_version}")
+            raise ConcurrencyConflict(
+                f"stream {stream_id!r} is at version {version}, expected {expected_version}"
+            )
         staged_ids = {envelope.event_id for _, _, envelope, _ in self.events}
         encoded = []
         for offset, envelope in enumerate(events, 1):

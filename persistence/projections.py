@@ -42,9 +42,18 @@ def _dialect(conn: AsyncConnection) -> str:
 
 
 async def _run_created(conn: AsyncConnection, e: RunCreated, at: float) -> None:
-    values = {"run_id": e.run_id, "config": e.config, "status": "running", "reason": None}
-    values |= {"rounds_completed": 0, "model_version": None, "model_digest": None, "metrics": None}
-    values |= {"created_at": at, "updated_at": at}
+    values: dict[str, Any] = {
+        "run_id": e.run_id,
+        "config": e.config,
+        "status": "running",
+        "reason": None,
+        "rounds_completed": 0,
+        "model_version": None,
+        "model_digest": None,
+        "metrics": None,
+        "created_at": at,
+        "updated_at": at,
+    }
     await conn.execute(upsert(_dialect(conn), runs, values, ["run_id"]))
 
 
@@ -57,24 +66,42 @@ async def _model_initialized(conn: AsyncConnection, e: ModelInitialized, at: flo
 
 
 async def _client_registered(conn: AsyncConnection, e: ClientRegistered, at: float) -> None:
-    values = {"client_id": e.client_id, "partition_index": e.partition_index, "capabilities": e.capabilities}
-    values |= {"registered_at": at, "last_seen": at, "rounds_joined": 0, "epsilon": None}
-    values |= {"evicted": False, "evicted_reason": None}
+    values: dict[str, Any] = {
+        "client_id": e.client_id,
+        "partition_index": e.partition_index,
+        "capabilities": e.capabilities,
+        "registered_at": at,
+        "last_seen": at,
+        "rounds_joined": 0,
+        "epsilon": None,
+        "evicted": False,
+        "evicted_reason": None,
+    }
     changed = ["partition_index", "capabilities", "last_seen"]
     await conn.execute(upsert(_dialect(conn), clients, values, ["client_id"], changed))
 
 
 async def _client_evicted(conn: AsyncConnection, e: ClientEvicted, at: float) -> None:
     await conn.execute(
-        update(clients).where(clients.c.client_id == e.client_id).values(evicted=True, evicted_reason=e.reason)
+        update(clients)
+        .where(clients.c.client_id == e.client_id)
+        .values(evicted=True, evicted_reason=e.reason)
     )
 
 
 async def _round_started(conn: AsyncConnection, e: RoundStarted, at: float) -> None:
     # A retried round keeps its number with a new attempt: the row is replaced, not duplicated.
-    values = {"run_id": e.run_id, "round": e.round, "attempt": e.attempt, "status": "open"}
-    values |= {"model_version": e.model_version, "model_digest": e.model_digest}
-    values |= {"selected": list(e.selected), "deadline": e.deadline, "started_at": at}
+    values: dict[str, Any] = {
+        "run_id": e.run_id,
+        "round": e.round,
+        "attempt": e.attempt,
+        "status": "open",
+        "model_version": e.model_version,
+        "model_digest": e.model_digest,
+        "selected": list(e.selected),
+        "deadline": e.deadline,
+        "started_at": at,
+    }
     cleared = ["quorum_at", "aggregated_at", "update_ids", "partial", "new_model_version"]
     cleared += ["new_model_digest", "metrics", "duration_s", "failure_reason"]
     values |= dict.fromkeys(cleared)
@@ -84,10 +111,21 @@ async def _round_started(conn: AsyncConnection, e: RoundStarted, at: float) -> N
 
 
 async def _update_accepted(conn: AsyncConnection, e: UpdateAccepted, at: float) -> None:
-    values = {"update_id": e.update_id, "run_id": e.run_id, "round": e.round, "client_id": e.client_id}
-    values |= {"num_samples": e.num_samples, "digest": e.digest, "wire_bytes": e.wire_bytes}
-    values |= {"raw_bytes": e.raw_bytes, "ratio": e.ratio, "epsilon": e.epsilon, "metrics": e.metrics}
-    values |= {"late": e.late, "accepted_at": at}
+    values: dict[str, Any] = {
+        "update_id": e.update_id,
+        "run_id": e.run_id,
+        "round": e.round,
+        "client_id": e.client_id,
+        "num_samples": e.num_samples,
+        "digest": e.digest,
+        "wire_bytes": e.wire_bytes,
+        "raw_bytes": e.raw_bytes,
+        "ratio": e.ratio,
+        "epsilon": e.epsilon,
+        "metrics": e.metrics,
+        "late": e.late,
+        "accepted_at": at,
+    }
     keys = ["run_id", "round", "client_id"]
     changed = [name for name in values if name not in keys]
     await conn.execute(upsert(_dialect(conn), updates, values, keys, changed))

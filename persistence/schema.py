@@ -197,8 +197,8 @@ privacy = Table(
 PROJECTION_TABLES = (runs, rounds, clients, updates, rejections, declines, privacy)
 
 __all__ = [
-    "PROJECTION_TABLES",
     "EVENT_ID_CONSTRAINT",
+    "PROJECTION_TABLES",
     "STREAM_VERSION_CONSTRAINT",
     "blobs",
     "clients",

@@ -17,7 +17,11 @@ from contracts.errors import ConfigError
 
 WRITE_OPTION: Final = "fedbus_write"
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
-_DRIVERS: Final = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+_DRIVERS: Final = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
 
 
 def async_url(url: str) -> str:

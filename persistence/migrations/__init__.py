@@ -24,7 +24,7 @@ def alembic_config(url: str) -> Config:
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at `url` to `revision`, in one transaction (PostgreSQL: one upgrader at a time)."""
+    """Migrate the database at `url` to `revision` in one transaction; one upgrader at a time."""
     config = alembic_config(url)
     engine = create_engine(url, create_dirs=True)
     try:

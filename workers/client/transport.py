@@ -57,7 +57,7 @@ class FederationClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_unavailable),
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
             reraise=True,
         )
         async for attempt in retrying:

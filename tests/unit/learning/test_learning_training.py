@@ -92,7 +92,7 @@ def test_model_and_dataset_must_match() -> None:
         train_local(initial_weights(MODEL, seed=0), np.arange(10), _config(dataset="cifar10"), None)
 
 
-def test_config_and_result_are_picklable_for_a_process_pool() -> None:
+def test_config_survives_pickling_into_a_process_pool_worker() -> None:
     config = _config(max_steps=1)
 
     assert pickle.loads(pickle.dumps(config)) == config

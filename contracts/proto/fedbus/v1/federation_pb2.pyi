@@ -16,13 +16,7 @@ class Capabilities(_message.Message):
     cores: int
     memory_bytes: int
     hostname: str
-    def __init__(
-        self,
-        device: _Optional[str] = ...,
-        cores: _Optional[int] = ...,
-        memory_bytes: _Optional[int] = ...,
-        hostname: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, device: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("capabilities", "instance_name")
@@ -30,11 +24,7 @@ class RegisterRequest(_message.Message):
     INSTANCE_NAME_FIELD_NUMBER: _ClassVar[int]
     capabilities: Capabilities
     instance_name: str
-    def __init__(
-        self,
-        capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...,
-        instance_name: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., instance_name: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("client_id", "client_token", "partition_index", "partition_count")
@@ -46,13 +36,7 @@ class RegisterReply(_message.Message):
     client_token: str
     partition_index: int
     partition_count: int
-    def __init__(
-        self,
-        client_id: _Optional[str] = ...,
-        client_token: _Optional[str] = ...,
-        partition_index: _Optional[int] = ...,
-        partition_count: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., client_token: _Optional[str] = ..., partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -62,9 +46,7 @@ class TensorSpec(_message.Message):
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(
-        self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("digest", "size", "tensors")
@@ -74,12 +56,7 @@ class Manifest(_message.Message):
     digest: str
     size: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
-    def __init__(
-        self,
-        digest: _Optional[str] = ...,
-        size: _Optional[int] = ...,
-        tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...,
-    ) -> None: ...
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("run_id", "model_version", "offset")
@@ -89,9 +66,7 @@ class DownloadRequest(_message.Message):
     run_id: str
     model_version: int
     offset: int
-    def __init__(
-        self, run_id: _Optional[str] = ..., model_version: _Optional[int] = ..., offset: _Optional[int] = ...
-    ) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., model_version: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("manifest", "data")
@@ -99,24 +74,10 @@ class ModelChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     manifest: Manifest
     data: bytes
-    def __init__(
-        self, manifest: _Optional[_Union[Manifest, _Mapping]] = ..., data: _Optional[bytes] = ...
-    ) -> None: ...
+    def __init__(self, manifest: _Optional[_Union[Manifest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = (
-        "run_id",
-        "round",
-        "client_id",
-        "base_model_version",
-        "num_samples",
-        "metrics",
-        "epsilon",
-        "codec",
-        "total_size",
-        "sha256",
-        "raw_bytes",
-    )
+    __slots__ = ("run_id", "round", "client_id", "base_model_version", "num_samples", "metrics", "epsilon", "codec", "total_size", "sha256", "raw_bytes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,7 +85,6 @@ class UpdateHeader(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -147,20 +107,7 @@ class UpdateHeader(_message.Message):
     total_size: int
     sha256: str
     raw_bytes: int
-    def __init__(
-        self,
-        run_id: _Optional[str] = ...,
-        round: _Optional[int] = ...,
-        client_id: _Optional[str] = ...,
-        base_model_version: _Optional[int] = ...,
-        num_samples: _Optional[int] = ...,
-        metrics: _Optional[_Mapping[str, float]] = ...,
-        epsilon: _Optional[float] = ...,
-        codec: _Optional[str] = ...,
-        total_size: _Optional[int] = ...,
-        sha256: _Optional[str] = ...,
-        raw_bytes: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., base_model_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., epsilon: _Optional[float] = ..., codec: _Optional[str] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., raw_bytes: _Optional[int] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -168,9 +115,7 @@ class UpdateChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     header: UpdateHeader
     data: bytes
-    def __init__(
-        self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...
-    ) -> None: ...
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadReply(_message.Message):
     __slots__ = ("update_id", "accepted", "late")
@@ -180,9 +125,7 @@ class UploadReply(_message.Message):
     update_id: str
     accepted: bool
     late: bool
-    def __init__(
-        self, update_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., late: _Optional[bool] = ...
-    ) -> None: ...
+    def __init__(self, update_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., late: _Optional[bool] = ...) -> None: ...
 
 class DeclineRequest(_message.Message):
     __slots__ = ("run_id", "round", "reason")
@@ -192,9 +135,7 @@ class DeclineRequest(_message.Message):
     run_id: str
     round: int
     reason: str
-    def __init__(
-        self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DeclineReply(_message.Message):
     __slots__ = ()
