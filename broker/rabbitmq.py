@@ -5,31 +5,28 @@ after a reconnect; the disposition table decides ack / requeue / dead-letter.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
 )
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
 from broker.connection import connect_robust
-from broker.disposition import Disposition, settle
 from broker.errors import BrokerUnavailable, PublishTimeout, Unroutable
 from broker.messages import CONTENT_TYPE, QueuedMessage, headers_for
+from broker.rabbitmq_consumer import RabbitConsumer, snapshot
 from broker.topology import DEFAULT, Queue, Topology
 from contracts.envelope import Envelope
 from contracts.errors import ConfigError, NotFound
 from contracts.event_codec import encode_envelope
 from contracts.ports import Handler
-
-log = logging.getLogger(__name__)
 
 
 class RabbitBroker:
@@ -93,20 +90,22 @@ class RabbitBroker:
 
     async def declare(self) -> None:
         """Declare exchanges, queues and bindings; idempotent, and redone by the channel on reconnect."""
-        exchanges = {
-            spec.name: await self._channel.declare_exchange(
-                spec.name, aio_pika.ExchangeType(spec.kind), durable=spec.durable
-            )
-            for spec in self._topology.exchanges
-        }
-        self._exchange = exchanges[self._topology.events.name]
-        for spec in self._topology.queues:
-            await self._declare_queue(spec)
+        with _translated("declare the topology"):
+            exchanges = {
+                spec.name: await self._channel.declare_exchange(
+                    spec.name, aio_pika.ExchangeType(spec.kind), durable=spec.durable
+                )
+                for spec in self._topology.exchanges
+            }
+            self._exchange = exchanges[self._topology.events.name]
+            for spec in self._topology.queues:
+                await self._declare_queue(spec)
 
     async def ensure_client_queue(self, client_id: str) -> str:
         """Declare and bind the queue of `client_id`; returns its name."""
         spec = self._topology.client_queue(client_id)
-        await self._declare_queue(spec)
+        with _translated(f"declare {spec.name}"):
+            await self._declare_queue(spec)
         return spec.name
 
     async def publish(self, envelope: Envelope) -> None:
@@ -136,29 +135,28 @@ class RabbitBroker:
         if prefetch < 1:
             raise ConfigError("prefetch", "must be at least 1")
         spec = self._spec(queue)
-        try:
+        with _translated(f"consume {queue}"):
             channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=prefetch)
             amqp_queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments())
-            consumer = RabbitConsumer(channel, amqp_queue, handler)
+            consumer = RabbitConsumer(channel, amqp_queue, handler, timeout=self._publish_timeout)
             await consumer.start()
-        except CONNECTION_EXCEPTIONS as exc:
-            raise BrokerUnavailable(f"cannot consume {queue}: {exc!r}") from exc
         self._consumers.add(consumer)
         return consumer
 
     async def peek(self, queue: str) -> list[QueuedMessage]:
         """Read the ready messages of `queue` without removing them (they come back marked redelivered)."""
         spec = self._spec(queue)
-        channel = await self._connection.channel()
-        try:
-            amqp_queue = await channel.get_queue(spec.name, ensure=False)
-            found: list[QueuedMessage] = []
-            while (message := await amqp_queue.get(no_ack=False, fail=False)) is not None:
-                found.append(_snapshot(message))
-            return found
-        finally:
-            await channel.close()  # closing without acks requeues everything we got
+        with _translated(f"peek {queue}"):
+            channel = await self._connection.channel()
+            try:
+                amqp_queue = await channel.get_queue(spec.name, ensure=False)
+                found: list[QueuedMessage] = []
+                while (message := await amqp_queue.get(no_ack=False, fail=False)) is not None:
+                    found.append(snapshot(message))
+                return found
+            finally:
+                await channel.close()  # closing without acks requeues everything we got
 
     async def close(self) -> None:
         """Cancel consumers (unacked messages are requeued) and close the connection."""
@@ -211,66 +209,12 @@ class RabbitBroker:
             raise BrokerUnavailable(f"cannot publish {routing_key}: {exc!r}") from exc
 
 
-class RabbitConsumer:
-    """One consumer on its own channel; settles each message only after its handler finished."""
-
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler) -> None:
-        self._channel = channel
-        self._queue = queue
-        self._handler = handler
-        self._tag: str | None = None
-        self._in_flight: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        self._tag = await self._queue.consume(self._on_message, no_ack=False)
-
-    async def cancel(self) -> None:
-        """Stop deliveries, cancel running handlers and close the channel, which requeues their messages."""
-        if self._tag is not None:
-            try:
-                await self._queue.cancel(self._tag)
-            except CONNECTION_EXCEPTIONS as exc:
-                log.info("cancelling consumer on %s: %r", self._queue.name, exc)
-            self._tag = None
-        tasks = list(self._in_flight)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if not self._channel.is_closed:
-            await self._channel.close()
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
-        try:
-            disposition = await settle(
-                self._handler, message.body, message_id=message.message_id or "", queue=self._queue.name
-            )
-            await _apply(message, disposition)
-        finally:
-            if task is not None:
-                self._in_flight.discard(task)
-
-
-async def _apply(message: AbstractIncomingMessage, disposition: Disposition) -> None:
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """The one place where aio-pika's declaration and channel errors become the layer's errors."""
     try:
-        if disposition is Disposition.ACK:
-            await message.ack()
-        elif disposition is Disposition.REQUEUE:
-            await message.nack(requeue=True)
-        else:
-            await message.reject(requeue=False)  # the queue's dead-letter exchange takes it
+        yield
+    except ChannelPreconditionFailed as exc:
+        raise ConfigError("topology", f"cannot {action}: exists with other arguments ({exc})") from exc
     except CONNECTION_EXCEPTIONS as exc:
-        # The channel went away: the broker requeues the unsettled message and delivers it again.
-        log.warning("could not %s message %s: %r", disposition.value, message.message_id, exc)
-
-
-def _snapshot(message: AbstractIncomingMessage) -> QueuedMessage:
-    return QueuedMessage(
-        routing_key=message.routing_key or "",
-        body=message.body,
-        message_id=message.message_id or "",
-        headers=dict(message.headers),
-        redelivered=bool(message.redelivered),
-    )
+        raise BrokerUnavailable(f"cannot {action}: {exc!r}") from exc

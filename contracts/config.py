@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.compression import parse_compression
 from contracts.errors import ConfigError
 
 DATASETS = ("mnist", "cifar10")
@@ -97,6 +98,7 @@ class RunConfig:
     round: RoundConfig = field(default_factory=RoundConfig)
 
     def __post_init__(self) -> None:
+        parse_compression(self.compression)
         if self.dataset not in DATASETS:
             raise ConfigError("dataset", f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         _check_int("clients", self.clients, 1, 100_000)

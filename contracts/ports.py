@@ -88,9 +88,15 @@ class Delivery(Protocol):
 Handler = Callable[[Envelope], Awaitable[None]]
 
 
+class Consumption(Protocol):
+    """A running consumer; cancelling it stops deliveries and requeues what was in flight."""
+
+    async def cancel(self) -> None: ...
+
+
 class Subscriber(Protocol):
     """Consumes a named queue of the topology; the handler's outcome decides the disposition."""
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int = 1) -> None: ...
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int = 1) -> Consumption: ...
 
     async def ensure_client_queue(self, client_id: str) -> str: ...

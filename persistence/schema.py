@@ -21,7 +21,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 # Stable constraint names so that migrations and error translation can refer to them.
 metadata = MetaData(
@@ -34,7 +33,8 @@ metadata = MetaData(
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGSERIAL.
 Position = BigInteger().with_variant(Integer(), "sqlite")
-Json = JSON().with_variant(JSONB(), "postgresql")
+# Plain JSON on PostgreSQL too: JSONB rewrites numbers (1.25e17 comes back as an int), the log must not.
+Json = JSON()
 Id = String(200)
 
 STREAM_VERSION_CONSTRAINT = "uq_events_stream_id_version"

@@ -14,7 +14,7 @@ import pytest
 from broker.rabbitmq import RabbitBroker
 from broker.topology import Topology, build_topology
 from contracts.envelope import Envelope
-from contracts.errors import TransientError
+from contracts.errors import ConfigError, TransientError
 from contracts.events import QuorumReached
 from tests.support.polling import eventually
 from tests.support.rabbitmq import fresh_vhost, rabbitmq_address
@@ -120,5 +120,39 @@ def test_consumer_resumes_after_the_connection_comes_back(rabbitmq_url: str) -> 
                 assert set(handled) == {first.event_id, during_cut.event_id}
         finally:
             await direct.close()
+
+    run(scenario())
+
+
+def test_close_returns_while_the_broker_is_unreachable(rabbitmq_url: str) -> None:
+    async def scenario() -> None:
+        topology = build_topology(namespace=f"t{uuid.uuid4().hex[:12]}")
+        async with proxied_broker(rabbitmq_url, topology) as (broker, proxy):
+
+            async def handler(envelope: Envelope) -> None:
+                return None
+
+            await broker.consume(topology.aggregator.name, handler)
+            proxy.cut()
+
+            await asyncio.wait_for(broker.close(), timeout=10)
+
+            with pytest.raises(TransientError):
+                await broker.publish(quorum(1))
+
+    run(scenario())
+
+
+def test_redeclaring_a_queue_with_other_arguments_is_a_config_error(rabbitmq_url: str) -> None:
+    async def scenario() -> None:
+        namespace = f"t{uuid.uuid4().hex[:12]}"
+        first = await RabbitBroker.connect(rabbitmq_url, topology=build_topology(namespace=namespace))
+        try:
+            with pytest.raises(ConfigError, match="other arguments"):
+                await RabbitBroker.connect(
+                    rabbitmq_url, topology=build_topology(namespace=namespace, delivery_limit=3)
+                )
+        finally:
+            await first.close()
 
     run(scenario())

@@ -101,7 +101,8 @@ def _load_cached(name: str, train: bool, root: str, cache: str) -> LabeledData:
         except _READ_ERRORS:
             continue
     failures = []
-    for download in DOWNLOADERS[name]:
+    downloaders = DOWNLOADERS[name] if os.environ.get("FEDBUS_DOWNLOAD", "1") != "0" else ()
+    for download in downloaders:
         try:
             download(Path(cache))
             return _read(name, train, Path(cache))
@@ -110,7 +111,7 @@ def _load_cached(name: str, train: bool, root: str, cache: str) -> LabeledData:
     layout = "MNIST/raw/<4 idx files>" if name == "mnist" else "cifar-10-batches-py/<batch files>"
     raise DataUnavailable(
         f"dataset {name!r} not found in {', '.join(str(r) for r in roots)} and could not be downloaded "
-        f"({'; '.join(failures) or 'no downloader'}). Set FEDBUS_DATA_DIR to a folder holding {layout}."
+        f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). Set FEDBUS_DATA_DIR to a folder holding {layout}."
     )
 
 

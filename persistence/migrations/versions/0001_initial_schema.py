@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -17,7 +16,7 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 # Frozen copies of schema.py's types: a revision must not change when schema.py does.
-JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+JSON = sa.JSON()  # plain JSON on PostgreSQL too: JSONB would rewrite numbers
 POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 UNPUBLISHED = sa.text("published_at IS NULL")
 

@@ -1,0 +1,82 @@
+"""`fedbus run` end to end on an MNIST subset: real gRPC, SQLite log, in-memory broker, process pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = os.environ.get("FEDBUS_DATA_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "datasets"))
+
+
+def fedbus(*args: str, timeout: float = 600, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEDBUS_DATA_DIR": DATA, "OMP_NUM_THREADS": "1", **extra_env}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_three_clients_two_rounds_with_dp_accuracy_rises(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+
+    done = fedbus(
+        "run", "--clients", "3", "--rounds", "2", "--train-limit", "3000", "--eval-limit", "1000",
+        "--lr", "0.5", "--epsilon", "3", "--out", str(out),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rounds = json.loads((out / "metrics.json").read_text())
+    assert summary["rounds"] == 2 and summary["clients"] == 3
+    assert 0 < summary["epsilon"] <= 3.0 and summary["delta"] == 1e-5
+    assert rounds[1]["accuracy"] > rounds[0]["accuracy"] > 0.15
+    assert summary["final_accuracy"] == rounds[-1]["accuracy"]
+    for name in ("fedbus.db", "model.npz", "metrics.csv", "accuracy_epsilon.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--clients", "0"], "clients"),
+        (["--epsilon", "-1"], "privacy.epsilon"),
+        (["--quorum", "1.5"], "round.quorum"),
+        (["--partition", "zipf"], "partition"),
+        (["--compression", "gzip"], "compression"),
+        (["--model", "resnet"], "model"),
+        (["--dataset", "imagenet"], "dataset"),
+    ],
+)
+def test_an_invalid_option_is_one_line_naming_the_field_with_status_2(args: list[str], field: str, tmp_path: Path) -> None:
+    done = fedbus("run", *args, "--out", str(tmp_path), timeout=120)
+
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_bad_config_file_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\nclients = 4\n[run.round]\nquorom = 0.5\n')
+
+    done = fedbus("run", "--config", str(config), "--out", str(tmp_path), timeout=120)
+
+    assert done.returncode == 2 and "round.quorom" in done.stderr
+
+
+def test_missing_data_says_where_it_looked(tmp_path: Path) -> None:
+    env_dir = tmp_path / "empty"
+    env_dir.mkdir()
+
+    done = fedbus(
+        "run", "--data-dir", str(env_dir), "--out", str(tmp_path / "o"), timeout=120,
+        FEDBUS_DOWNLOAD="0", FEDBUS_CACHE_DIR=str(tmp_path / "cache"),
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert str(env_dir) in done.stderr and "FEDBUS_DATA_DIR" in done.stderr and "Traceback" not in done.stderr
