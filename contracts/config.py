@@ -122,7 +122,8 @@ class RunConfig:
         data = dict(data)
         privacy = _section(PrivacyConfig, "privacy", data.pop("privacy", {}))
         round_ = _section(RoundConfig, "round", data.pop("round", {}))
-        return _build(cls, "", {**data, "privacy": privacy, "round": round_})
+        config: RunConfig = _build(cls, "", {**data, "privacy": privacy, "round": round_})
+        return config
 
 
 def _section(cls: type[Any], name: str, data: Any) -> Any:

@@ -17,7 +17,7 @@ APPEND_LOCK_KEY: Final = 0x66656462_7573  # "fedbus"
 
 def append_lock(dialect: str) -> TextClause | None:
     """The statement that serializes appenders, or None where the database already does (SQLite)."""
-    if dialect == "postgresql-disabled":
+    if dialect == "postgresql":
         return text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=APPEND_LOCK_KEY)
     return None
 

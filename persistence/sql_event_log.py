@@ -52,7 +52,8 @@ class SqlEventLog(EventLog):
         log = cls(create_engine(url, create_dirs=create), retry=retry)
         if create:
             try:
-                async with log._write("create schema") as conn:
+                # exclusive: several processes may start at once against one empty database
+                async with log._write("create schema", exclusive=True) as conn:
                     await conn.run_sync(metadata.create_all)
             except BaseException:
                 await log.close()
@@ -68,7 +69,7 @@ class SqlEventLog(EventLog):
         await self._engine.dispose()
 
     @asynccontextmanager
-    async def _write(self, action: str) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, action: str, *, exclusive: bool = False) -> AsyncIterator[AsyncConnection]:
         conn = self._engine.connect()
         with translated(action):
             await conn.start()
@@ -76,8 +77,8 @@ class SqlEventLog(EventLog):
             with translated(action):
                 await begin_write(conn)
                 lock = append_lock(conn.dialect.name)
-                if lock is not None and action == "create schema":
-                    await conn.execute(lock)  # several processes may start at once
+                if lock is not None and exclusive:
+                    await conn.execute(lock)
             yield conn
             with translated(action):
                 await conn.commit()

@@ -21,7 +21,7 @@ async def start_grpc_server(coordinator: Coordinator, tokens: TokenAuthority, ad
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
     )
-    pb_grpc.add_FederationServicer_to_server(FederationServicer(coordinator, tokens), server)
+    pb_grpc.add_FederationServicer_to_server(FederationServicer(coordinator, tokens), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port(address)
     await server.start()
     return server, port

@@ -320,8 +320,8 @@ class Coordinator:
                 )
             ]
         if decision is RoundDecision.FAIL:
-            reason = "deadline" if now >= current.deadline else "too few updates"
-            return [RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=reason)]
+            why = "deadline" if now >= current.deadline else "too few updates"
+            return [RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=why)]
         return []
 
     def _start_round(self, run: RunState, round_: int, attempt: int) -> list[Event]:

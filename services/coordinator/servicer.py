@@ -81,7 +81,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.UploadReply:
         try:
             client_id = self._client_id(context)
-            first = await anext(aiter(request_iterator), None)
+            first: pb.UpdateChunk | None = await anext(aiter(request_iterator), None)
             if first is None or not first.HasField("header"):
                 raise CodecError("bad_header: the first chunk must carry the header")
             header = _header(first.header)
@@ -90,6 +90,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             ticket = await self._coordinator.begin_upload(client_id, header)
         except Exception as exc:
             await context.abort(*status_of(exc))
+        assert first is not None
         try:
             payload = await self._assemble(first.data, request_iterator, header, ticket.max_size)
         except TooLarge as exc:

@@ -41,7 +41,7 @@ class FederationClient:
         self._channel = grpc.aio.insecure_channel(
             address, options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)]
         )
-        self._stub = pb_grpc.FederationStub(self._channel)
+        self._stub = pb_grpc.FederationStub(self._channel)  # type: ignore[no-untyped-call]
         self._deadline = deadline_s
         self._attempts = attempts
         self._chunk_size = chunk_size
@@ -77,7 +77,10 @@ class FederationClient:
         )
 
         async def call() -> pb.RegisterReply:
-            return await self._stub.Register(request, metadata=self._metadata(enrollment_token), timeout=self._deadline)
+            reply: pb.RegisterReply = await self._stub.Register(
+                request, metadata=self._metadata(enrollment_token), timeout=self._deadline
+            )
+            return reply
 
         reply = await self._retrying(call)
         self.token = reply.client_token
@@ -131,14 +134,16 @@ class FederationClient:
                 first = False
 
         async def call() -> pb.UploadReply:
-            return await self._stub.UploadUpdate(chunks(), metadata=self._metadata(), timeout=self._deadline)
+            reply: pb.UploadReply = await self._stub.UploadUpdate(chunks(), metadata=self._metadata(), timeout=self._deadline)
+            return reply
 
         return await self._retrying(call)
 
     async def decline(self, run_id: str, round_: int, reason: str) -> None:
         async def call() -> pb.DeclineReply:
-            return await self._stub.Decline(
+            reply: pb.DeclineReply = await self._stub.Decline(
                 pb.DeclineRequest(run_id=run_id, round=round_, reason=reason), metadata=self._metadata(), timeout=self._deadline
             )
+            return reply
 
         await self._retrying(call)

@@ -1,0 +1,39 @@
+"""RunConfig validation: errors name the field and the allowed range."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.config import RunConfig
+from contracts.errors import ConfigError
+
+
+def test_round_trip_through_plain_data() -> None:
+    config = RunConfig(clients=7, compression="topk:0.1+int8")
+
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "says"),
+    [
+        ({"clients": 0}, "clients", "[1, 100000]"),
+        ({"privacy": {"epsilon": 0}}, "privacy.epsilon", "(0.0, 1000.0]"),
+        ({"privacy": {"delta": 0.5}}, "privacy.delta", "(0.0, 0.1]"),
+        ({"round": {"quorum": 0}}, "round.quorum", "(0.0, 1.0]"),
+        ({"round": {"batch_size": "64"}}, "round.batch_size", "integer"),
+        ({"round": {"colour": 1}}, "round.colour", "unknown option"),
+        ({"compression": "gzip"}, "compression", "allowed"),
+        ({"dataset": "imagenet"}, "dataset", "mnist, cifar10"),
+        ({"privacy": 3}, "privacy", "table"),
+    ],
+)
+def test_invalid_values_name_the_field(data: dict[str, object], field: str, says: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_dict(data)
+
+    assert error.value.field == field and says in str(error.value)
+
+
+def test_dp_off_skips_the_privacy_ranges() -> None:
+    assert RunConfig.from_dict({"privacy": {"enabled": False, "epsilon": 0}}).privacy.enabled is False
