@@ -34,6 +34,24 @@ async def drop_database(admin_url: str, name: str) -> None:
     await _run(admin_url, f"DROP DATABASE IF EXISTS {_checked(name)} WITH (FORCE)")
 
 
+async def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database named in `url` when it does not exist yet (no-op for SQLite)."""
+    parsed = make_url(async_url(url))
+    if not parsed.drivername.startswith("postgresql") or not parsed.database:
+        return
+    name = _checked(parsed.database)
+    admin_url = parsed.set(database="postgres").render_as_string(hide_password=False)
+    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with translated("administer database"):
+            async with engine.connect() as conn:
+                found = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name})
+                if not found:
+                    await conn.execute(text(f"CREATE DATABASE {name}"))
+    finally:
+        await engine.dispose()
+
+
 async def _run(admin_url: str, statement: str) -> None:
     engine = create_async_engine(async_url(admin_url), isolation_level="AUTOCOMMIT")
     try:
@@ -48,4 +66,4 @@ def _with_database(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
-__all__ = ["create_database", "drop_database"]
+__all__ = ["create_database", "drop_database", "ensure_database"]

@@ -4,12 +4,9 @@ and the real gRPC server on loopback, with training in a process pool (one torch
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +16,8 @@ from contracts.envelope import Envelope, RecordedEvent
 from contracts.models import ClientCapabilities
 from persistence.sql_event_log import SqlEventLog
 from services.coordinator.server import start_grpc_server
-from services.coordinator.service import Coordinator, SystemClock
+from ops.clock import SystemClock
+from services.coordinator.service import Coordinator
 from services.coordinator.tokens import TokenAuthority
 from services.relay import OutboxRelay
 from workers.aggregator.evaluator import PoolEvaluator
@@ -27,7 +25,7 @@ from workers.aggregator.worker import AggregatorWorker
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.client.worker import ClientWorker
-from workers.learning.training import init_worker
+from services.deployed.pool import process_pool
 
 Progress = Callable[[RecordedEvent], None]
 
@@ -39,18 +37,6 @@ class EmbeddedResult:
     database: Path
     events: list[RecordedEvent]
     final_model: bytes
-
-
-@contextlib.asynccontextmanager
-async def _pool(workers: int) -> AsyncIterator[ProcessPoolExecutor]:
-    # spawn, not fork: the parent runs gRPC and an event loop, which must not be forked.
-    executor = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
-    )
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 async def run_embedded(
@@ -74,7 +60,7 @@ async def run_embedded(
     relay = OutboxRelay(log, broker)
     tasks: list[asyncio.Task[None]] = []
     transports: list[FederationClient] = []
-    async with _pool(workers) as executor:
+    with process_pool(workers) as executor:
         server, port = await start_grpc_server(coordinator, tokens, "127.0.0.1:0")
         try:
             aggregator = AggregatorWorker(log, PoolEvaluator(executor, data_dir))

@@ -35,7 +35,47 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default runs/latest)")
     run.add_argument("--workers", type=int, help="training processes (default: the number of cores)")
     run.add_argument("--data-dir", help="dataset folder (default $FEDBUS_DATA_DIR, then ~/.cache/fedbus/data)")
+    _add_deployed(commands)
     return parser
+
+
+def _add_deployed(commands: argparse._SubParsersAction[_Parser]) -> None:
+    from ops.settings import environment_help
+    from services.cli.options import add_run_options
+
+    epilog = environment_help()
+    fmt = argparse.RawDescriptionHelpFormatter
+    coordinator = commands.add_parser(
+        "coordinator",
+        help="serve the control plane (gRPC, RabbitMQ, PostgreSQL)",
+        description="The coordinator: selects clients, opens and closes rounds, validates updates. With run "
+        "options (or FEDBUS_RUN_CONFIG) it starts that run once enough clients registered.",
+        epilog=epilog,
+        formatter_class=fmt,
+    )
+    add_run_options(coordinator)
+    commands.add_parser(
+        "aggregator", help="run FedAvg on QuorumReached (competing consumers)", epilog=epilog, formatter_class=fmt
+    )
+    commands.add_parser(
+        "client", help="train on this machine's data when selected", epilog=epilog, formatter_class=fmt
+    )
+    up = commands.add_parser(
+        "up",
+        help="launch a local deployment as OS processes against RabbitMQ and PostgreSQL",
+        description="Launch coordinator, aggregators and clients as OS processes against FEDBUS_AMQP_URL and "
+        "FEDBUS_DATABASE_URL, run one training with the options of `fedbus run`, then stop everything.",
+        epilog=epilog,
+        formatter_class=fmt,
+    )
+    add_run_options(up)
+    up.add_argument("--aggregators", type=int, default=2, help="aggregator processes (default 2)")
+    up.add_argument("--out", type=Path, default=Path("runs/up"), help="output folder (default runs/up)")
+    db = commands.add_parser("db", help="event log maintenance", epilog=epilog, formatter_class=fmt)
+    db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_commands.add_parser("upgrade", help="apply the Alembic migrations to FEDBUS_DATABASE_URL")
+    prune = db_commands.add_parser("prune", help="delete update blobs of old rounds")
+    prune.add_argument("--keep-rounds", type=int, required=True, help="rounds whose blobs are kept")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from services.cli.run_command import run_command
 
             return run_command(args)
+        from services.cli.deployed_commands import COMMANDS
+
+        return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"fedbus {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -56,7 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,16 @@ def config_from(args: argparse.Namespace) -> RunConfig:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file, or JSON when the name ends in .json (what `fedbus up` hands its coordinator)."""
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            data = json.load(f) if path.suffix == ".json" else tomllib.load(f)
     except FileNotFoundError as exc:
         raise ConfigError("config", f"no such file: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError("config", f"{path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a table of options")
     run = data.get("run", data)
     if not isinstance(run, dict):
         raise ConfigError("config", "the [run] section must be a table")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from contracts.events import (
 )
 from contracts.models import ClientCapabilities, ModelUpdate
 from contracts.ports import Clock, EventLog
+from ops.clock import SystemClock
 from contracts.tensor_codec import Manifest, decode_tensors, sha256_hex, specs_of
 from contracts.update_validation import RejectReason, validate_update
 from services.coordinator.errors import NoRoundOpen, RunNotFound, UploadRefused
@@ -47,11 +47,6 @@ from services.coordinator.rules import (
 from services.coordinator.state import RoundState, RunState, state_from_created
 
 CONSUMER = "coordinator"
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 @dataclass(slots=True)
@@ -137,6 +132,12 @@ class Coordinator:
     @property
     def partition_count(self) -> int:
         return self._partition_count
+
+    def registered_clients(self) -> int:
+        return sum(1 for c in self._clients.values() if not c.evicted)
+
+    def run_ids(self) -> list[str]:
+        return list(self._runs)
 
     # -- runs -----------------------------------------------------------------------------------
     async def create_run(self, config: RunConfig, run_id: str | None = None) -> str:

@@ -13,7 +13,8 @@ from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import ChunkAssembler, TooLarge, iter_chunks
 from contracts.update_validation import RejectReason
 from contracts.ports import Clock
-from services.coordinator.service import Coordinator, SystemClock
+from ops.clock import SystemClock
+from services.coordinator.service import Coordinator
 from services.coordinator.status import status_of
 from services.coordinator.tokens import PermissionDenied, TokenAuthority, Unauthenticated
 

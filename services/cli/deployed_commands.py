@@ -1,0 +1,80 @@
+"""`fedbus coordinator | aggregator | client | up | db`: settings from the environment, read once here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+
+from ops.lifecycle import run_until_signalled
+from ops.settings import Settings
+from services.cli.options import config_from
+
+
+def coordinator(args: argparse.Namespace) -> int:
+    from services.deployed.coordinator_main import serve
+
+    settings = Settings.from_env()
+    has_options = any(getattr(args, k, None) is not None for k in ("config", "clients", "rounds", "dataset"))
+    if not has_options and settings.run_config is not None:
+        args.config = settings.run_config
+        has_options = True
+    run_config = config_from(args) if has_options else None
+    run_until_signalled(lambda stop: serve(settings, stop, run_config))
+    return 0
+
+
+def aggregator(args: argparse.Namespace) -> int:
+    from services.deployed.aggregator_main import serve
+
+    settings = Settings.from_env()
+    run_until_signalled(lambda stop: serve(settings, stop))
+    return 0
+
+
+def client(args: argparse.Namespace) -> int:
+    from services.deployed.client_main import serve
+
+    settings = Settings.from_env()
+    run_until_signalled(lambda stop: serve(settings, stop))
+    return 0
+
+
+def up(args: argparse.Namespace) -> int:
+    from services.cli.up_command import up_command
+
+    return up_command(args)
+
+
+def db(args: argparse.Namespace) -> int:
+    from persistence.sql_admin import ensure_database
+    from persistence.migrations import upgrade
+
+    settings = Settings.from_env()
+    if args.db_command == "upgrade":
+        asyncio.run(ensure_database(settings.database_url))
+        asyncio.run(upgrade(settings.database_url))
+        print(f"database at {settings.database_url.rsplit('@', 1)[-1]} is up to date")
+    else:
+        removed = asyncio.run(_prune(settings.database_url, args.keep_rounds))
+        print(f"pruned {removed} blobs")
+    return 0
+
+
+async def _prune(url: str, keep_rounds: int) -> int:
+    from persistence.sql_event_log import SqlEventLog
+
+    event_log = await SqlEventLog.connect(url, create=False)
+    try:
+        return await event_log.prune(keep_rounds)
+    finally:
+        await event_log.close()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "coordinator": coordinator,
+    "aggregator": aggregator,
+    "client": client,
+    "up": up,
+    "db": db,
+}

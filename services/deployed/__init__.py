@@ -1,0 +1,1 @@
+"""The deployed runnables: coordinator, aggregator and client as separate processes."""

@@ -1,0 +1,31 @@
+"""`fedbus aggregator`: a competing consumer of fedbus.aggregator (RunCreated, QuorumReached)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from broker.rabbitmq import RabbitBroker
+from ops.settings import Settings
+from persistence.sql_event_log import SqlEventLog
+from services.deployed.pool import process_pool
+from workers.aggregator.evaluator import PoolEvaluator
+from workers.aggregator.worker import AggregatorWorker
+
+log = logging.getLogger("fedbus.aggregator")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    event_log = await SqlEventLog.connect(settings.database_url, create=False)
+    broker = await RabbitBroker.connect(settings.amqp_url)
+    with process_pool(settings.workers) as executor:
+        worker = AggregatorWorker(event_log, PoolEvaluator(executor, settings.data_dir))
+        consumer = await broker.consume("fedbus.aggregator", worker.handle, prefetch=1)
+        log.info("aggregator consuming fedbus.aggregator")
+        try:
+            await stop.wait()
+            log.info("aggregator draining")
+        finally:
+            await consumer.cancel()
+            await broker.close()
+            await event_log.close()
