@@ -8,7 +8,7 @@ export FEDBUS_DATA_DIR ?= $(abspath ../shared/datasets)
 export OMP_NUM_THREADS ?= 1
 PROTO_DIR := contracts/proto
 
-.PHONY: install demo test test-unit lint bench proto proto-check clean
+.PHONY: install demo test test-compose lint bench proto clean
 
 install: $(STAMP)
 
@@ -23,7 +23,11 @@ demo: install
 	$(VENV)/bin/fedbus run --config examples/demo.toml --out runs/demo
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The compose stack through podman-stack (slow: builds the image); .ci/run calls it after `make test`.
+test-compose: install
+	$(PY) -m pytest -q -p no:cacheprovider -m compose tests/compose
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,9 +15,7 @@ DATASETS = ("mnist", "cifar10")
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(
-            name, f"must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
-        )
+        raise ConfigError(name, f"must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
     below = value <= low if low_open else value < low
     if below or value > high:
         raise ConfigError(name, f"must be in {'(' if low_open else '['}{low}, {high}], got {value!r}")

@@ -67,9 +67,8 @@ def _check(type_name: str, name: str, hint: Any, value: Any) -> Any:
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif hint is bool or hint is str:
-        if isinstance(value, hint):
-            return value
+    elif (hint is bool or hint is str) and isinstance(value, hint):
+        return value
     raise CodecError(f"{type_name}.{name}: {value!r} is not {hint}")
 
 

@@ -32,9 +32,7 @@ class UnitOfWork(Protocol):
         """Record that `consumer` processed `message_id`; False when it already had (skip the effects)."""
         ...
 
-    async def append(
-        self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None
-    ) -> int:
+    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
         """Append at the stream's end; `expected_version` enforces optimistic concurrency.
 
         Returns the stream's new version. Raises ConcurrencyConflict when the version was taken.
@@ -49,9 +47,7 @@ class EventLog(BlobStore, Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
 
-    async def append(
-        self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None
-    ) -> int: ...
+    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int: ...
 
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]: ...
 

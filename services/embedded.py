@@ -14,18 +14,18 @@ from broker.in_memory_broker import InMemoryBroker
 from contracts.config import RunConfig
 from contracts.envelope import Envelope, RecordedEvent
 from contracts.models import ClientCapabilities
+from ops.clock import SystemClock
 from persistence.sql_event_log import SqlEventLog
 from services.coordinator.server import start_grpc_server
-from ops.clock import SystemClock
 from services.coordinator.service import Coordinator
 from services.coordinator.tokens import TokenAuthority
+from services.deployed.pool import process_pool
 from services.relay import OutboxRelay
 from workers.aggregator.evaluator import PoolEvaluator
 from workers.aggregator.worker import AggregatorWorker
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.client.worker import ClientWorker
-from services.deployed.pool import process_pool
 
 Progress = Callable[[RecordedEvent], None]
 
@@ -116,7 +116,9 @@ async def _wake_on_change(coordinator: Coordinator, relay: OutboxRelay) -> None:
         relay.wake()
 
 
-async def _follow(log: SqlEventLog, coordinator: Coordinator, run_id: str, progress: Progress | None) -> list[RecordedEvent]:
+async def _follow(
+    log: SqlEventLog, coordinator: Coordinator, run_id: str, progress: Progress | None
+) -> list[RecordedEvent]:
     events: list[RecordedEvent] = []
     version = 0
     while True:

@@ -6,6 +6,7 @@ At-least-once: a crash between publish and mark publishes again, and every consu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from contracts.errors import TransientError
@@ -46,7 +47,5 @@ class OutboxRelay:
                 log.warning("outbox relay: %s; retrying", exc)
                 await asyncio.sleep(1.0)
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
-            except TimeoutError:
-                pass

@@ -47,8 +47,8 @@ def up(args: argparse.Namespace) -> int:
 
 
 def db(args: argparse.Namespace) -> int:
-    from persistence.sql_admin import ensure_database
     from persistence.migrations import upgrade
+    from persistence.sql_admin import ensure_database
 
     settings = Settings.from_env()
     if args.db_command == "upgrade":

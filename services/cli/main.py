@@ -57,9 +57,7 @@ def _add_deployed(commands: argparse._SubParsersAction[_Parser]) -> None:
     commands.add_parser(
         "aggregator", help="run FedAvg on QuorumReached (competing consumers)", epilog=epilog, formatter_class=fmt
     )
-    commands.add_parser(
-        "client", help="train on this machine's data when selected", epilog=epilog, formatter_class=fmt
-    )
+    commands.add_parser("client", help="train on this machine's data when selected", epilog=epilog, formatter_class=fmt)
     up = commands.add_parser(
         "up",
         help="launch a local deployment as OS processes against RabbitMQ and PostgreSQL",

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
+from contracts.errors import ConfigError
 from contracts.events import ClientDeclined, RoundAggregated, RoundFailed, RoundStarted, RunCompleted, UpdateAccepted
 from contracts.tensor_codec import decode_tensors
 from services.cli.options import config_from
@@ -23,7 +24,6 @@ from workers.learning.checkpoint import save_checkpoint
 from workers.learning.datasets import load_dataset
 from workers.learning.models import MODEL_DATASET, check_model_name
 from workers.learning.partition import validate_partition_scheme
-from contracts.errors import ConfigError
 
 
 def preflight(config: RunConfig, data_dir: str | None) -> None:
@@ -92,7 +92,9 @@ def run_command(args: argparse.Namespace) -> int:
     write_metrics(out, rows)
     write_plot(out, rows, f"fedbus {config.dataset} {config.clients} clients ({dp})")
     if result.final_model:
-        save_checkpoint(out / "model.npz", decode_tensors(result.final_model), {"run_id": result.run_id, "model": config.model})
+        save_checkpoint(
+            out / "model.npz", decode_tensors(result.final_model), {"run_id": result.run_id, "model": config.model}
+        )
     report = summary(run_id=result.run_id, config=config, rows=rows, reason=result.reason, wall_seconds=wall)
     (out / "summary.json").write_text(json.dumps(report, indent=2))
     _print_summary(console, report)

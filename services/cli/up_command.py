@@ -58,11 +58,11 @@ class Fleet:
     def failed(self) -> list[str]:
         return [f"{n} exited {p.returncode}" for n, p in self.processes.items() if p.returncode not in (None, 0)]
 
-    async def stop(self, timeout: float = 20.0) -> None:
+    async def stop(self, grace_s: float = 20.0) -> None:
         for process in self.processes.values():
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + grace_s
         for process in self.processes.values():
             try:
                 await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))

@@ -20,7 +20,9 @@ class StopReason(StrEnum):
     STOPPED = "stopped"
 
 
-def select_clients(eligible: Sequence[str], fraction: float, *, seed: int, round_: int, attempt: int) -> tuple[str, ...]:
+def select_clients(
+    eligible: Sequence[str], fraction: float, *, seed: int, round_: int, attempt: int
+) -> tuple[str, ...]:
     """A seeded sample of ceil(fraction * eligible) clients, different for every round and attempt."""
     pool = sorted(eligible)
     count = max(1, math.ceil(fraction * len(pool))) if pool else 0

@@ -13,7 +13,9 @@ from services.coordinator.tokens import TokenAuthority
 MAX_MESSAGE_BYTES = 4 << 20
 
 
-async def start_grpc_server(coordinator: Coordinator, tokens: TokenAuthority, address: str) -> tuple[grpc.aio.Server, int]:
+async def start_grpc_server(
+    coordinator: Coordinator, tokens: TokenAuthority, address: str
+) -> tuple[grpc.aio.Server, int]:
     """Bind `address` (host:port, port 0 picks one) and start serving; returns the server and its port."""
     server = grpc.aio.server(
         options=[

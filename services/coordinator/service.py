@@ -32,9 +32,9 @@ from contracts.events import (
 )
 from contracts.models import ClientCapabilities, ModelUpdate
 from contracts.ports import Clock, EventLog
-from ops.clock import SystemClock
 from contracts.tensor_codec import Manifest, decode_tensors, sha256_hex, specs_of
 from contracts.update_validation import RejectReason, validate_update
+from ops.clock import SystemClock
 from services.coordinator.errors import NoRoundOpen, RunNotFound, UploadRefused
 from services.coordinator.rules import (
     RoundDecision,
@@ -126,7 +126,9 @@ class Coordinator:
             if record is None:
                 raise RunNotFound(f"no client {client_id!r}")
             if not record.evicted:
-                await self._log.append(f"client:{client_id}", [Envelope(event=ClientEvicted(client_id=client_id, reason=reason))])
+                await self._log.append(
+                    f"client:{client_id}", [Envelope(event=ClientEvicted(client_id=client_id, reason=reason))]
+                )
                 record.evicted = True
 
     @property
@@ -203,7 +205,9 @@ class Coordinator:
             raise UploadRefused(RejectReason.DUPLICATE, f"{client_id} already sent an update for round {header.round}")
         if header.base_model_version != current.model_version:
             raise await self._refuse(
-                header, RejectReason.STALE_MODEL, f"trained on version {header.base_model_version}, round uses {current.model_version}"
+                header,
+                RejectReason.STALE_MODEL,
+                f"trained on version {header.base_model_version}, round uses {current.model_version}",
             )
         limit = run.config.round.max_update_bytes
         if header.total_size > limit:
@@ -231,7 +235,9 @@ class Coordinator:
     async def _accept(self, header: ModelUpdate, payload: bytes) -> UpdateAccepted:
         run = self.run_state(header.run_id)
         if sha256_hex(payload) != header.sha256:
-            raise await self._refuse(header, RejectReason.DIGEST_MISMATCH, "sha256 of the bytes differs from the header")
+            raise await self._refuse(
+                header, RejectReason.DIGEST_MISMATCH, "sha256 of the bytes differs from the header"
+            )
         current = run.current
         assert current is not None
         manifest = self._manifest(current.model_digest, await self._log.get_blob(current.model_digest))
@@ -274,7 +280,11 @@ class Coordinator:
     async def _refuse(self, header: ModelUpdate, reason: RejectReason, detail: str) -> UploadRefused:
         if header.run_id in self._runs:
             event = UpdateRejected(
-                run_id=header.run_id, round=header.round, client_id=header.client_id, reason=reason.value, detail=detail[:500]
+                run_id=header.run_id,
+                round=header.round,
+                client_id=header.client_id,
+                reason=reason.value,
+                detail=detail[:500],
             )
             await self._commit(header.run_id, lambda run: [event, *self._next_events(run, extra=event)])
         return UploadRefused(reason, detail)
@@ -334,7 +344,9 @@ class Coordinator:
             everyone_spent = any(not c.evicted for c in self._clients.values())
             return [self._completed(run, StopReason.BUDGET)] if everyone_spent else []
         config = run.config
-        selected = select_clients(eligible, config.round.clients_per_round, seed=config.seed, round_=round_, attempt=attempt)
+        selected = select_clients(
+            eligible, config.round.clients_per_round, seed=config.seed, round_=round_, attempt=attempt
+        )
         train = {
             "model": config.model,
             "dataset": config.dataset,

@@ -8,11 +8,11 @@ import grpc
 
 from contracts.errors import CodecError, DigestMismatch
 from contracts.models import ClientCapabilities, ModelUpdate
+from contracts.ports import Clock
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import ChunkAssembler, TooLarge, iter_chunks
 from contracts.update_validation import RejectReason
-from contracts.ports import Clock
 from ops.clock import SystemClock
 from services.coordinator.service import Coordinator
 from services.coordinator.status import status_of
@@ -30,7 +30,12 @@ def bearer(context: grpc.aio.ServicerContext[object, object]) -> str:
 
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
-        self, coordinator: Coordinator, tokens: TokenAuthority, *, chunk_size: int = CHUNK_SIZE, clock: Clock | None = None
+        self,
+        coordinator: Coordinator,
+        tokens: TokenAuthority,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        clock: Clock | None = None,
     ) -> None:
         self._coordinator = coordinator
         self._clock = clock or SystemClock()
@@ -43,12 +48,16 @@ class FederationServicer(pb_grpc.FederationServicer):
     def _clock_now(self) -> float:
         return self._clock.now()
 
-    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[object, object]) -> pb.RegisterReply:  # noqa: N802
+    async def Register(
+        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.RegisterReply:
         try:
             self._tokens.check_enrollment(bearer(context))
             caps = request.capabilities
             record = await self._coordinator.register(
-                ClientCapabilities(device=caps.device, cores=caps.cores, memory_bytes=caps.memory_bytes, hostname=caps.hostname),
+                ClientCapabilities(
+                    device=caps.device, cores=caps.cores, memory_bytes=caps.memory_bytes, hostname=caps.hostname
+                ),
                 request.instance_name,
             )
         except Exception as exc:
@@ -60,7 +69,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             partition_count=self._coordinator.partition_count,
         )
 
-    async def DownloadModel(  # noqa: N802
+    async def DownloadModel(
         self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.ModelChunk]:
         try:
@@ -77,7 +86,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             yield pb.ModelChunk(manifest=header, data=bytes(chunk))
             first = False
 
-    async def UploadUpdate(  # noqa: N802
+    async def UploadUpdate(
         self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext[object, object]
     ) -> pb.UploadReply:
         try:
@@ -95,11 +104,17 @@ class FederationServicer(pb_grpc.FederationServicer):
         try:
             payload = await self._assemble(first.data, request_iterator, header, ticket.max_size)
         except TooLarge as exc:
-            await context.abort(*status_of(await self._coordinator.refuse_payload(ticket, RejectReason.TOO_LARGE, str(exc))))
+            await context.abort(
+                *status_of(await self._coordinator.refuse_payload(ticket, RejectReason.TOO_LARGE, str(exc)))
+            )
         except DigestMismatch as exc:
-            await context.abort(*status_of(await self._coordinator.refuse_payload(ticket, RejectReason.DIGEST_MISMATCH, str(exc))))
+            await context.abort(
+                *status_of(await self._coordinator.refuse_payload(ticket, RejectReason.DIGEST_MISMATCH, str(exc)))
+            )
         except CodecError as exc:
-            await context.abort(*status_of(await self._coordinator.refuse_payload(ticket, RejectReason.CORRUPT, str(exc))))
+            await context.abort(
+                *status_of(await self._coordinator.refuse_payload(ticket, RejectReason.CORRUPT, str(exc)))
+            )
         except BaseException:
             self._coordinator.abandon_upload(ticket)
             raise
@@ -120,7 +135,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             assembler.add(chunk.data)
         return assembler.finish()
 
-    async def Decline(self, request: pb.DeclineRequest, context: grpc.aio.ServicerContext[object, object]) -> pb.DeclineReply:  # noqa: N802
+    async def Decline(
+        self, request: pb.DeclineRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.DeclineReply:
         try:
             client_id = self._client_id(context)
             await self._coordinator.decline(client_id, request.run_id, request.round, request.reason)

@@ -9,8 +9,8 @@ import socket
 
 from broker.rabbitmq import RabbitBroker
 from contracts.models import ClientCapabilities
-from ops.settings import Settings
 from ops.clock import SystemClock
+from ops.settings import Settings
 from services.deployed.pool import process_pool
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
@@ -24,10 +24,17 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     transport = FederationClient(settings.grpc_address)
     capabilities = ClientCapabilities(device="cpu", cores=os.cpu_count() or 1, hostname=socket.gethostname())
     registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
-    log.info("registered as %s (partition %s/%s)", registration.client_id, registration.partition_index, registration.partition_count)
+    log.info(
+        "registered as %s (partition %s/%s)",
+        registration.client_id,
+        registration.partition_index,
+        registration.partition_count,
+    )
     broker = await RabbitBroker.connect(settings.amqp_url)
     with process_pool(settings.workers) as executor:
-        worker = ClientWorker(transport, PoolTrainer(executor), registration, data_dir=settings.data_dir, clock=SystemClock())
+        worker = ClientWorker(
+            transport, PoolTrainer(executor), registration, data_dir=settings.data_dir, clock=SystemClock()
+        )
         queue = await broker.ensure_client_queue(registration.client_id)
         consumer = await broker.consume(queue, worker.handle, prefetch=1)
         try:

@@ -9,12 +9,12 @@ import logging
 from broker.rabbitmq import RabbitBroker
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
+from ops.settings import Settings
 from persistence.sql_event_log import SqlEventLog
 from services.coordinator.server import start_grpc_server
 from services.coordinator.service import Coordinator
 from services.coordinator.tokens import TokenAuthority
 from services.relay import OutboxRelay
-from ops.settings import Settings
 
 log = logging.getLogger("fedbus.coordinator")
 
@@ -73,7 +73,7 @@ async def _start_run(coordinator: Coordinator, settings: Settings, config: RunCo
         log.info("runs already in the log: not starting another")
         return
     wanted = settings.wait_clients or config.clients
-    while coordinator.registered_clients() < wanted:
+    while coordinator.registered_clients() < wanted:  # noqa: ASYNC110 - registrations arrive over gRPC; polling is enough
         await asyncio.sleep(0.2)
     run_id = await coordinator.create_run(config, run_id=settings.run_id)
     log.info("run %s created with %s clients registered", run_id, coordinator.registered_clients())

@@ -84,9 +84,7 @@ async def world(*, clients: int = 3, big: bool = False, quorum: float = 1.0) -> 
     try:
         for index in range(clients):
             transport = FederationClient(address, deadline_s=20, attempts=1)
-            registration = await transport.register(
-                tokens.enrollment_token, ClientCapabilities(), f"test-{index}"
-            )
+            registration = await transport.register(tokens.enrollment_token, ClientCapabilities(), f"test-{index}")
             registered.append((transport, registration))
         config = RunConfig(
             clients=clients,
@@ -98,9 +96,7 @@ async def world(*, clients: int = 3, big: bool = False, quorum: float = 1.0) -> 
         model = small_model(big=big)
         data, manifest = encode_with_manifest(model)
         await log.put_blob(manifest.digest, "model", data)
-        init = ModelInitialized(
-            run_id=run_id, model_version=0, model_digest=manifest.digest, num_parameters=1
-        )
+        init = ModelInitialized(run_id=run_id, model_version=0, model_digest=manifest.digest, num_parameters=1)
         await log.append(f"run:{run_id}", [Envelope(event=init)])
         await coordinator.advance(run_id)
         started = [r.envelope.event for r in await log.read_stream(f"run:{run_id}")]

@@ -52,7 +52,9 @@ def test_three_clients_two_rounds_with_dp_accuracy_rises(tmp_path: Path) -> None
         (["--dataset", "imagenet"], "dataset"),
     ],
 )
-def test_an_invalid_option_is_one_line_naming_the_field_with_status_2(args: list[str], field: str, tmp_path: Path) -> None:
+def test_an_invalid_option_is_one_line_naming_the_field_with_status_2(
+    args: list[str], field: str, tmp_path: Path
+) -> None:
     done = fedbus("run", *args, "--out", str(tmp_path), timeout=120)
 
     assert done.returncode == 2
@@ -62,7 +64,7 @@ def test_an_invalid_option_is_one_line_naming_the_field_with_status_2(args: list
 
 def test_a_bad_config_file_names_the_key(tmp_path: Path) -> None:
     config = tmp_path / "run.toml"
-    config.write_text('[run]\nclients = 4\n[run.round]\nquorom = 0.5\n')
+    config.write_text("[run]\nclients = 4\n[run.round]\nquorom = 0.5\n")
 
     done = fedbus("run", "--config", str(config), "--out", str(tmp_path), timeout=120)
 

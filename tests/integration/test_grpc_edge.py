@@ -24,9 +24,7 @@ def test_a_valid_update_is_accepted_and_recorded() -> None:
 
             assert reply.accepted and not reply.late
             [accepted] = await w.events_of(UpdateAccepted)
-            assert (
-                accepted.client_id == reg.client_id and accepted.digest == w.header_for(reg, payload).sha256
-            )
+            assert accepted.client_id == reg.client_id and accepted.digest == w.header_for(reg, payload).sha256
             assert await w.log.get_blob(accepted.digest) == payload
 
     asyncio.run(scenario())
@@ -42,9 +40,7 @@ def test_a_valid_update_is_accepted_and_recorded() -> None:
         ("garbage", grpc.StatusCode.INVALID_ARGUMENT, "corrupt"),
     ],
 )
-def test_a_bad_update_is_refused_with_its_code_and_an_event(
-    mutate: str, status: grpc.StatusCode, reason: str
-) -> None:
+def test_a_bad_update_is_refused_with_its_code_and_an_event(mutate: str, status: grpc.StatusCode, reason: str) -> None:
     async def scenario() -> None:
         async with world() as w:
             transport, reg = w.clients[0]

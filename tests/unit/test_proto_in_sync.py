@@ -16,7 +16,17 @@ def test_generated_stubs_match_the_proto(tmp_path: Path) -> None:
     (tmp_path / PROTO.parent).mkdir(parents=True)
     shutil.copy(ROOT / PROTO, tmp_path / PROTO)
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", "--python_out=.", "--pyi_out=.", "--grpc_python_out=.", str(PROTO)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            ".",
+            "--python_out=.",
+            "--pyi_out=.",
+            "--grpc_python_out=.",
+            str(PROTO),
+        ],
         cwd=tmp_path,
         check=True,
     )

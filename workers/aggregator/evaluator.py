@@ -18,14 +18,20 @@ class PoolEvaluator:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _initial, model, seed)
 
-    async def evaluate(self, weights: TensorMapping, *, model: str, dataset: str, limit: int | None) -> dict[str, float]:
+    async def evaluate(
+        self, weights: TensorMapping, *, model: str, dataset: str, limit: int | None
+    ) -> dict[str, float]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _evaluate, dict(weights), model, dataset, self._data_dir, limit)
+        return await loop.run_in_executor(
+            self._executor, _evaluate, dict(weights), model, dataset, self._data_dir, limit
+        )
 
 
 def _initial(model: str, seed: int) -> TensorDict:
     return initial_weights(model, seed=seed)
 
 
-def _evaluate(weights: TensorDict, model: str, dataset: str, data_dir: str | None, limit: int | None) -> dict[str, float]:
+def _evaluate(
+    weights: TensorDict, model: str, dataset: str, data_dir: str | None, limit: int | None
+) -> dict[str, float]:
     return evaluate(weights, model=model, dataset=dataset, data_dir=data_dir, limit=limit)

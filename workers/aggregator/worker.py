@@ -55,7 +55,9 @@ class AggregatorWorker:
         weights = await self._evaluator.initial(config.model, config.seed)
         data, manifest = encode_with_manifest(weights)
         params = sum(int(a.size) for a in weights.values())
-        done = ModelInitialized(run_id=event.run_id, model_version=0, model_digest=manifest.digest, num_parameters=params)
+        done = ModelInitialized(
+            run_id=event.run_id, model_version=0, model_digest=manifest.digest, num_parameters=params
+        )
         async with self._log.transaction() as uow:
             if await uow.claim(CONSUMER, envelope.event_id):
                 await uow.put_blob(manifest.digest, "model", data)
@@ -68,9 +70,7 @@ class AggregatorWorker:
             return  # already aggregated (a redelivery after the commit)
         created = next(e for e in history if isinstance(e, RunCreated))
         config = RunConfig.from_dict(created.config)
-        models = {
-            e.model_version: e.model_digest for e in history if isinstance(e, ModelInitialized | RoundAggregated)
-        }
+        models = {e.model_version: e.model_digest for e in history if isinstance(e, ModelInitialized | RoundAggregated)}
         updates = {e.update_id: e for e in history if isinstance(e, UpdateAccepted)}
         base = decode_tensors(await self._log.get_blob(models[event.model_version]))
         fedavg = StreamingFedAvg(max_weight=self._max_weight)

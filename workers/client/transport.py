@@ -65,7 +65,9 @@ class FederationClient:
                 return await call()
         raise AssertionError("unreachable: tenacity reraises")
 
-    async def register(self, enrollment_token: str, capabilities: ClientCapabilities, instance_name: str = "") -> Registration:
+    async def register(
+        self, enrollment_token: str, capabilities: ClientCapabilities, instance_name: str = ""
+    ) -> Registration:
         request = pb.RegisterRequest(
             capabilities=pb.Capabilities(
                 device=capabilities.device,
@@ -96,7 +98,9 @@ class FederationClient:
 
         async def call() -> bytes:
             stream = self._stub.DownloadModel(
-                pb.DownloadRequest(run_id=run_id, model_version=version), metadata=self._metadata(), timeout=self._deadline
+                pb.DownloadRequest(run_id=run_id, model_version=version),
+                metadata=self._metadata(),
+                timeout=self._deadline,
             )
             assembler: ChunkAssembler | None = None
             async for chunk in stream:
@@ -104,7 +108,9 @@ class FederationClient:
                     manifest = chunk.manifest
                     if manifest.digest != expected_digest:
                         raise DigestMismatch(f"server offers {manifest.digest}, round names {expected_digest}")
-                    assembler = ChunkAssembler(expected_size=manifest.size, expected_digest=manifest.digest, max_size=MAX_MODEL_BYTES)
+                    assembler = ChunkAssembler(
+                        expected_size=manifest.size, expected_digest=manifest.digest, max_size=MAX_MODEL_BYTES
+                    )
                 assembler.add(chunk.data)
             if assembler is None:
                 raise DigestMismatch("empty model stream")
@@ -134,7 +140,9 @@ class FederationClient:
                 first = False
 
         async def call() -> pb.UploadReply:
-            reply: pb.UploadReply = await self._stub.UploadUpdate(chunks(), metadata=self._metadata(), timeout=self._deadline)
+            reply: pb.UploadReply = await self._stub.UploadUpdate(
+                chunks(), metadata=self._metadata(), timeout=self._deadline
+            )
             return reply
 
         return await self._retrying(call)
@@ -142,7 +150,9 @@ class FederationClient:
     async def decline(self, run_id: str, round_: int, reason: str) -> None:
         async def call() -> pb.DeclineReply:
             reply: pb.DeclineReply = await self._stub.Decline(
-                pb.DeclineRequest(run_id=run_id, round=round_, reason=reason), metadata=self._metadata(), timeout=self._deadline
+                pb.DeclineRequest(run_id=run_id, round=round_, reason=reason),
+                metadata=self._metadata(),
+                timeout=self._deadline,
             )
             return reply
 

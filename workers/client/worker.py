@@ -78,7 +78,9 @@ class ClientWorker:
         plan = memory.plan
         if plan is not None:
             ledger = PrivacyLedger.from_dict(memory.ledger) if memory.ledger else PrivacyLedger()
-            after = ledger.epsilon_after(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round, privacy["delta"])
+            after = ledger.epsilon_after(
+                plan.noise_multiplier, plan.sample_rate, plan.steps_per_round, privacy["delta"]
+            )
             if after > float(privacy["epsilon"]) * (1 + 1e-6):
                 log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)
                 await self._decline(event, BUDGET_REASON)
@@ -120,7 +122,9 @@ class ClientWorker:
             self.rounds_trained += 1
         except grpc.aio.AioRpcError as exc:
             # The coordinator refused or the round closed: nothing to retry, the next round will come.
-            log.warning("client %s: upload for round %s refused: %s %s", self.client_id, event.round, exc.code(), exc.details())
+            log.warning(
+                "client %s: upload for round %s refused: %s %s", self.client_id, event.round, exc.code(), exc.details()
+            )
 
     async def _decline(self, event: RoundStarted, reason: str) -> None:
         try:
