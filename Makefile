@@ -36,7 +36,7 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 bench: install
-	$(PY) -m services.bench --out docs
+	$(PY) -m benchmarks.run --profile quick --out docs/benchmarks.md
 
 # Regenerate the gRPC stubs from the .proto; a test checks they are in sync.
 proto: install

@@ -1,0 +1,1 @@
+"""fedbus benchmarks (`make bench`): measured side by side in one run, written to docs/benchmarks.md."""

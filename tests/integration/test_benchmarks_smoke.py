@@ -1,0 +1,18 @@
+"""Each benchmark runs on tiny settings and writes its tables (figures come from `make bench`, not from tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.run import main
+
+
+def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+
+    assert main(["--profile", "smoke", "--out", str(out)]) == 0
+
+    text = out.read_text()
+    for section in ("## Aggregation throughput", "## Compression", "## Framework overhead of local DP training"):
+        assert section in text
+    assert "Machine: " in text and "| int8 |" in text
