@@ -163,3 +163,35 @@ def test_a_model_larger_than_4_mib_streams_in_chunks_both_ways() -> None:
             assert reply.accepted
 
     asyncio.run(scenario())
+
+
+def test_clients_out_of_budget_decline_and_the_run_ends_on_budget() -> None:
+    async def scenario() -> None:
+        async with world(clients=2) as w:
+            for transport, _ in w.clients:
+                await transport.decline(w.run_id, w.round.round, "privacy_budget")
+
+            events = [r.envelope.event for r in await w.log.read_stream(f"run:{w.run_id}")]
+
+            assert [type(e).__name__ for e in events[-4:]] == [
+                "ClientDeclined",
+                "ClientDeclined",
+                "RoundFailed",
+                "RunCompleted",
+            ]
+            assert events[-1].reason == "budget"
+
+    asyncio.run(scenario())
+
+
+def test_a_client_cannot_decline_a_round_it_was_not_selected_for() -> None:
+    async def scenario() -> None:
+        async with world() as w:
+            transport, _ = w.clients[0]
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await transport.decline(w.run_id, 9, "privacy_budget")
+
+            assert code_of(refused.value) == grpc.StatusCode.FAILED_PRECONDITION
+
+    asyncio.run(scenario())

@@ -1,0 +1,118 @@
+"""The client worker's decisions, with a recording transport and trainer (no network, no torch training)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from contracts.envelope import Envelope
+from contracts.events import RoundStarted
+from contracts.tensor_codec import encode_with_manifest
+from workers.client.transport import Registration
+from workers.client.worker import ClientWorker
+from workers.learning.privacy import PrivacyLedger, plan_privacy
+from workers.learning.training import LocalTrainConfig, LocalTrainResult
+
+MODEL = {"w": np.zeros((2, 2), dtype=np.float32)}
+DATA, MANIFEST = encode_with_manifest(MODEL)
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.declines: list[tuple[str, int, str]] = []
+        self.uploads: list[Any] = []
+
+    async def download_model(self, run_id: str, version: int, digest: str) -> bytes:
+        return DATA
+
+    async def upload(self, header: Any, payload: bytes) -> None:
+        self.uploads.append(header)
+
+    async def decline(self, run_id: str, round_: int, reason: str) -> None:
+        self.declines.append((run_id, round_, reason))
+
+
+class FixedTrainer:
+    def __init__(self) -> None:
+        self.calls: list[LocalTrainConfig] = []
+
+    async def train(self, base: Any, indices: Any, config: LocalTrainConfig, ledger: Any) -> LocalTrainResult:
+        self.calls.append(config)
+        spent = PrivacyLedger.from_dict(ledger) if ledger else PrivacyLedger()
+        # Spend what the plan says one round costs (sample rate and steps of the client's 500 samples).
+        plan = plan_privacy(
+            target_epsilon=3.0,
+            delta=1e-5,
+            num_samples=len(indices),
+            batch_size=config.batch_size,
+            epochs_per_round=1,
+            rounds=2,
+        )
+        spent.record(config.noise_multiplier or 1.0, plan.sample_rate, plan.steps_per_round)
+        return LocalTrainResult(
+            delta={"w": np.full((2, 2), 0.1, dtype=np.float32)}, num_samples=len(indices), steps=100,
+            metrics={"loss": 1.0}, ledger=spent.to_dict(), epsilon=spent.epsilon(1e-5),
+        )  # fmt: skip
+
+
+class Clock:
+    def now(self) -> float:
+        return 0.0
+
+
+def round_started(round_: int, *, epsilon: float = 3.0) -> Envelope:
+    train = {
+        "model": "mnist_dp_cnn", "dataset": "mnist", "partition": "iid", "partition_count": 2, "seed": 0, "rounds": 2,
+        "epochs": 1, "batch_size": 64, "lr": 0.1, "momentum": 0.0, "compression": "int8", "train_limit": 1000,
+        "privacy": {"enabled": True, "epsilon": epsilon, "delta": 1e-5, "max_grad_norm": 1.0},
+    }  # fmt: skip
+    event = RoundStarted(
+        run_id="r", round=round_, attempt=1, model_version=round_ - 1, model_digest=MANIFEST.digest,
+        selected=("c-1",), deadline=10.0, train=train,
+    )  # fmt: skip
+    return Envelope(event=event)
+
+
+def worker() -> tuple[ClientWorker, RecordingTransport, FixedTrainer]:
+    transport, trainer = RecordingTransport(), FixedTrainer()
+    registration = Registration(client_id="c-1", token="t", partition_index=0, partition_count=2)
+    return ClientWorker(transport, trainer, registration, data_dir=None, clock=Clock()), transport, trainer  # type: ignore[arg-type]
+
+
+def test_a_selected_client_trains_with_the_planned_noise_and_uploads() -> None:
+    client, transport, trainer = worker()
+
+    asyncio.run(client.handle(round_started(1)))
+
+    plan = plan_privacy(target_epsilon=3.0, delta=1e-5, num_samples=500, batch_size=64, epochs_per_round=1, rounds=2)
+    assert len(transport.uploads) == 1 and transport.uploads[0].epsilon > 0
+    assert trainer.calls[0].dp and abs(trainer.calls[0].noise_multiplier - plan.noise_multiplier) < 1e-9
+
+
+def test_a_redelivered_round_is_not_trained_twice() -> None:
+    client, transport, _ = worker()
+
+    async def twice() -> None:
+        await client.handle(round_started(1))
+        await client.handle(round_started(1))
+
+    asyncio.run(twice())
+
+    assert len(transport.uploads) == 1
+
+
+def test_a_client_declines_a_round_that_would_pass_its_budget() -> None:
+    client, transport, trainer = worker()
+
+    async def rounds() -> None:
+        for r in (1, 2, 3):
+            await client.handle(round_started(r, epsilon=0.5))
+
+    asyncio.run(rounds())
+
+    assert len(trainer.calls) == 2, "the two planned rounds fit the budget"
+    assert transport.declines == [("r", 3, "privacy_budget")], (
+        "the third would pass it: the ledger carried across rounds"
+    )
