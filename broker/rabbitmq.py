@@ -66,9 +66,7 @@ class RabbitBroker:
             raise ConfigError("publish_timeout", "must be positive")
         if prefetch < 1:
             raise ConfigError("prefetch", "must be at least 1")
-        connection = await connect_robust(
-            url, attempts=connect_attempts, reconnect_interval=reconnect_interval
-        )
+        connection = await connect_robust(url, attempts=connect_attempts, reconnect_interval=reconnect_interval)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             broker = cls(

@@ -20,9 +20,7 @@ log = logging.getLogger(__name__)
 class RabbitConsumer:
     """One consumer on its own channel; settles each message only after its handler finished."""
 
-    def __init__(
-        self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler, *, timeout: float
-    ) -> None:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler, *, timeout: float) -> None:
         self._channel = channel
         self._timeout = timeout
         self._queue = queue

@@ -148,9 +148,7 @@ def compress_update(
         dtype = check_dtype(name, array.dtype.name)
         if dtype not in _FLOAT_DTYPES:
             raw_bytes += array.nbytes
-            records.append(
-                {"n": name, "d": dtype, "s": list(array.shape), "q": "raw", "v": little_endian_bytes(array)}
-            )
+            records.append({"n": name, "d": dtype, "s": list(array.shape), "q": "raw", "v": little_endian_bytes(array)})
             continue
         raw_bytes += 4 * array.size
         values = array.astype(np.float32) if feedback is None else feedback.compensate(name, array)
@@ -278,9 +276,7 @@ def _decode_record(name: str, dtype: str, shape: tuple[int, ...], record: dict[s
     wire_values = array_from_bytes(name, record["v"], _VALUE_DTYPES[quantize].name, (count,))
     scale = record["x"]
     if (quantize == "int8") != (isinstance(scale, float) and 0 <= scale <= _MAX_SCALE):
-        raise CodecError(
-            f"{name}: int8 needs a scale in [0, {_MAX_SCALE:.3g}], others none (got {scale!r:.40})"
-        )
+        raise CodecError(f"{name}: int8 needs a scale in [0, {_MAX_SCALE:.3g}], others none (got {scale!r:.40})")
     return _densify(n, indices, _dequantize(wire_values, scale)).reshape(shape)
 
 

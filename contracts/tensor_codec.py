@@ -18,9 +18,7 @@ import numpy as np
 from contracts.errors import CodecError, ConfigError, DigestMismatch
 from contracts.tensors import Array, TensorDict, TensorMapping
 
-ALLOWED_DTYPES = frozenset(
-    {"float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
-)
+ALLOWED_DTYPES = frozenset({"float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"})
 FORMAT_VERSION = 1
 MAX_NDIM = 32
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")

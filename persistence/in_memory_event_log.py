@@ -41,9 +41,7 @@ class _Stored:
             schema_version=self.schema_version,
             traceparent=self.traceparent,
         )
-        return RecordedEvent(
-            envelope=envelope, position=self.position, stream_id=self.stream_id, version=self.version
-        )
+        return RecordedEvent(envelope=envelope, position=self.position, stream_id=self.stream_id, version=self.version)
 
 
 class InMemoryUnitOfWork(UnitOfWork):
@@ -63,14 +61,10 @@ class InMemoryUnitOfWork(UnitOfWork):
         self.claims.add(key)
         return True
 
-    async def append(
-        self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None
-    ) -> int:
+    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
         version = self.versions.get(stream_id, self._log._versions.get(stream_id, 0))
         if expected_version is not None and expected_version != version:
-            raise ConcurrencyConflict(
-                f"stream {stream_id!r} is at version {version}, expected {expected_version}"
-            )
+            raise ConcurrencyConflict(f"stream {stream_id!r} is at version {version}, expected {expected_version}")
         staged_ids = {envelope.event_id for _, _, envelope, _ in self.events}
         encoded = []
         for offset, envelope in enumerate(events, 1):
@@ -128,9 +122,7 @@ class InMemoryEventLog(EventLog):
             self._event_ids.add(envelope.event_id)
         self._versions |= uow.versions
 
-    async def append(
-        self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None
-    ) -> int:
+    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
         async with self.transaction() as uow:
             return await uow.append(stream_id, events, expected_version)
 

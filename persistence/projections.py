@@ -83,9 +83,7 @@ async def _client_registered(conn: AsyncConnection, e: ClientRegistered, at: flo
 
 async def _client_evicted(conn: AsyncConnection, e: ClientEvicted, at: float) -> None:
     await conn.execute(
-        update(clients)
-        .where(clients.c.client_id == e.client_id)
-        .values(evicted=True, evicted_reason=e.reason)
+        update(clients).where(clients.c.client_id == e.client_id).values(evicted=True, evicted_reason=e.reason)
     )
 
 
@@ -131,9 +129,7 @@ async def _update_accepted(conn: AsyncConnection, e: UpdateAccepted, at: float) 
     await conn.execute(upsert(_dialect(conn), updates, values, keys, changed))
     if e.epsilon is not None:
         spent = {"run_id": e.run_id, "client_id": e.client_id, "round": e.round, "epsilon": e.epsilon}
-        await conn.execute(
-            upsert(_dialect(conn), privacy, spent, ["run_id", "client_id", "round"], ["epsilon"])
-        )
+        await conn.execute(upsert(_dialect(conn), privacy, spent, ["run_id", "client_id", "round"], ["epsilon"]))
     seen: dict[str, Any] = {"last_seen": at, "rounds_joined": clients.c.rounds_joined + 1}
     if e.epsilon is not None:
         seen["epsilon"] = e.epsilon

@@ -33,9 +33,7 @@ def upsert(
     stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(dict(values))
     if not update:
         return stmt.on_conflict_do_nothing(index_elements=list(keys))
-    return stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={name: stmt.excluded[name] for name in update}
-    )
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_={name: stmt.excluded[name] for name in update})
 
 
 __all__ = ["APPEND_LOCK_KEY", "append_lock", "upsert"]

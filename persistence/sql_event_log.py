@@ -42,9 +42,7 @@ class SqlEventLog(EventLog):
         self._now = now
 
     @classmethod
-    async def connect(
-        cls, url: str, *, create: bool = True, retry: RetryPolicy = IDEMPOTENT_IO
-    ) -> SqlEventLog:
+    async def connect(cls, url: str, *, create: bool = True, retry: RetryPolicy = IDEMPOTENT_IO) -> SqlEventLog:
         """Open the database at `url` (sqlite[+aiosqlite]:///path or postgresql[+asyncpg]://...).
 
         With `create`, missing tables are created (metadata.create_all; `fedbus db upgrade` runs Alembic).
@@ -99,9 +97,7 @@ class SqlEventLog(EventLog):
         async with self._write("transaction") as conn:
             yield SqlUnitOfWork(conn, now=self._now)
 
-    async def append(
-        self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None
-    ) -> int:
+    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
         """Append at the stream's end in a transaction of its own; returns the new stream version."""
         async with self.transaction() as uow:
             return await uow.append(stream_id, events, expected_version)
@@ -115,9 +111,7 @@ class SqlEventLog(EventLog):
         return await self._read("read stream", lambda conn: _recorded(conn, query))
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        query = (
-            select(events).where(events.c.position > after_position).order_by(events.c.position).limit(limit)
-        )
+        query = select(events).where(events.c.position > after_position).order_by(events.c.position).limit(limit)
         return await self._read("read all", lambda conn: _recorded(conn, query))
 
     async def unpublished(self, limit: int = 100) -> list[RecordedEvent]:
@@ -205,9 +199,7 @@ def _to_recorded(row: Row[Any]) -> RecordedEvent:
         schema_version=row.schema_version,
         traceparent=row.traceparent,
     )
-    return RecordedEvent(
-        envelope=envelope, position=row.position, stream_id=row.stream_id, version=row.version
-    )
+    return RecordedEvent(envelope=envelope, position=row.position, stream_id=row.stream_id, version=row.version)
 
 
 __all__ = ["SqlEventLog"]

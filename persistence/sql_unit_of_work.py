@@ -32,9 +32,7 @@ class SqlUnitOfWork(UnitOfWork):
             result = await self._conn.execute(upsert(self._dialect, inbox, row, ["consumer", "message_id"]))
         return bool(result.rowcount == 1)
 
-    async def append(
-        self, stream_id: str, events_: Sequence[Envelope], expected_version: int | None = None
-    ) -> int:
+    async def append(self, stream_id: str, events_: Sequence[Envelope], expected_version: int | None = None) -> int:
         with translated("append"):
             await self._lock_appends()
             current = await self._conn.scalar(
@@ -42,9 +40,7 @@ class SqlUnitOfWork(UnitOfWork):
             )
             version = int(current or 0)
             if expected_version is not None and expected_version != version:
-                raise ConcurrencyConflict(
-                    f"stream {stream_id!r} is at version {version}, expected {expected_version}"
-                )
+                raise ConcurrencyConflict(f"stream {stream_id!r} is at version {version}, expected {expected_version}")
             if not events_:
                 return version
             rows = [_row(stream_id, version + offset, envelope) for offset, envelope in enumerate(events_, 1)]

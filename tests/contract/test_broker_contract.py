@@ -68,9 +68,7 @@ def fresh_topology(**options: Any) -> Topology:
 
 
 def quorum(run_id: str, round_: int = 1) -> Envelope:
-    event = QuorumReached(
-        run_id=run_id, round=round_, model_version=round_ - 1, update_ids=("u1",), partial=False
-    )
+    event = QuorumReached(run_id=run_id, round=round_, model_version=round_ - 1, update_ids=("u1",), partial=False)
     return Envelope(event=event)
 
 
@@ -121,9 +119,7 @@ def test_confirmed_publish_is_consumed_and_copied_to_inspect_with_headers(open_b
                 received.append(envelope)
 
             await broker.consume(topology.aggregator.name, handler)
-            envelope = Envelope(
-                event=quorum("run-7", 3).event, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01"
-            )
+            envelope = Envelope(event=quorum("run-7", 3).event, traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
 
             await broker.publish(envelope)
 

@@ -395,15 +395,11 @@ def scripted_run(run_id: str) -> list[tuple[str, Event]]:
         ),
         (
             run_stream,
-            UpdateAccepted(
-                update_id="u1", client_id="c1", num_samples=30, digest="d1", epsilon=0.5, **update
-            ),
+            UpdateAccepted(update_id="u1", client_id="c1", num_samples=30, digest="d1", epsilon=0.5, **update),
         ),
         (
             run_stream,
-            UpdateAccepted(
-                update_id="u2", client_id="c2", num_samples=10, digest="d2", epsilon=None, **update
-            ),
+            UpdateAccepted(update_id="u2", client_id="c2", num_samples=10, digest="d2", epsilon=None, **update),
         ),
         (
             run_stream,
@@ -480,9 +476,7 @@ def test_projections_follow_a_scripted_run(sql_backend: Any, run: Any) -> None:
     assert seen["updates"][0]["late"] is False and seen["updates"][0]["metrics"] == {"loss": 0.5}
 
 
-def test_a_retried_round_replaces_its_row_and_failures_and_refusals_are_recorded(
-    sql_backend: Any, run: Any
-) -> None:
+def test_a_retried_round_replaces_its_row_and_failures_and_refusals_are_recorded(sql_backend: Any, run: Any) -> None:
     script = scripted_run("r2")[:5]
     started = script[4][1]
     assert isinstance(started, RoundStarted)
@@ -501,16 +495,12 @@ def test_a_retried_round_replaces_its_row_and_failures_and_refusals_are_recorded
             )
             failed = await log.rounds("r2")
             retry = RoundStarted(**{**event_fields(started), "attempt": 2, "selected": ("c1",)})
-            await record(
-                log, [("run:r2", retry), ("client:c2", ClientEvicted(client_id="c2", reason="x"))], 1200.0
-            )
+            await record(log, [("run:r2", retry), ("client:c2", ClientEvicted(client_id="c2", reason="x"))], 1200.0)
             return failed, await log.rounds("r2"), await log.clients()
 
     failed, retried_rounds, clients = run(scenario())
 
-    assert [(r["status"], r["attempt"], r["failure_reason"]) for r in failed] == [
-        ("failed", 1, "below_min_updates")
-    ]
+    assert [(r["status"], r["attempt"], r["failure_reason"]) for r in failed] == [("failed", 1, "below_min_updates")]
     assert [(r["status"], r["attempt"], r["selected"], r["failure_reason"]) for r in retried_rounds] == [
         ("open", 2, ["c1"], None)
     ]
@@ -552,9 +542,7 @@ def test_prune_keeps_the_blobs_of_the_last_rounds_and_the_current_model(sql_back
             ),
             (
                 "run:r",
-                UpdateAccepted(
-                    **common, update_id=f"u{n}", client_id="c", num_samples=1, digest=f"d{n}", **accepted
-                ),
+                UpdateAccepted(**common, update_id=f"u{n}", client_id="c", num_samples=1, digest=f"d{n}", **accepted),
             ),
             (
                 "run:r",
@@ -590,9 +578,7 @@ def test_prune_keeps_the_blobs_of_the_last_rounds_and_the_current_model(sql_back
 # --- SQL backends: driver error translation and retries ------------------------------------------------
 
 
-def test_a_duplicate_stream_version_from_the_driver_becomes_a_concurrency_conflict(
-    sql_backend: Any, run: Any
-) -> None:
+def test_a_duplicate_stream_version_from_the_driver_becomes_a_concurrency_conflict(sql_backend: Any, run: Any) -> None:
     row = dict(event_id="e2", stream_id="run:x", version=1, type="RunCreated", payload={}, schema_version=1)
 
     async def scenario() -> None:

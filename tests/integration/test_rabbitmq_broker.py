@@ -45,9 +45,7 @@ async def proxied_broker(url: str, topology: Topology) -> AsyncIterator[tuple[Ra
     parts = urlsplit(url)
     netloc = f"{parts.username}:{parts.password}@127.0.0.1:{port}"
     proxied = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    broker = await RabbitBroker.connect(
-        proxied, topology=topology, publish_timeout=1.0, reconnect_interval=0.2
-    )
+    broker = await RabbitBroker.connect(proxied, topology=topology, publish_timeout=1.0, reconnect_interval=0.2)
     try:
         yield broker, proxy
     finally:
@@ -149,9 +147,7 @@ def test_redeclaring_a_queue_with_other_arguments_is_a_config_error(rabbitmq_url
         first = await RabbitBroker.connect(rabbitmq_url, topology=build_topology(namespace=namespace))
         try:
             with pytest.raises(ConfigError, match="other arguments"):
-                await RabbitBroker.connect(
-                    rabbitmq_url, topology=build_topology(namespace=namespace, delivery_limit=3)
-                )
+                await RabbitBroker.connect(rabbitmq_url, topology=build_topology(namespace=namespace, delivery_limit=3))
         finally:
             await first.close()
 

@@ -25,9 +25,7 @@ from contracts.tensor_codec import TooLarge
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
 finite_floats = st.floats(-1e4, 1e4, width=32, allow_subnormal=False)
-float_arrays = hnp.arrays(
-    np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=finite_floats
-)
+float_arrays = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=finite_floats)
 fractions = st.floats(0.01, 1.0)
 
 

@@ -111,7 +111,8 @@ def _load_cached(name: str, train: bool, root: str, cache: str) -> LabeledData:
     layout = "MNIST/raw/<4 idx files>" if name == "mnist" else "cifar-10-batches-py/<batch files>"
     raise DataUnavailable(
         f"dataset {name!r} not found in {', '.join(str(r) for r in roots)} and could not be downloaded "
-        f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). Set FEDBUS_DATA_DIR to a folder holding {layout}."
+        f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). "
+        f"Set FEDBUS_DATA_DIR to a folder holding {layout}."
     )
 
 
@@ -124,9 +125,7 @@ def _read(name: str, train: bool, root: Path) -> LabeledData:
         cifar = tv.CIFAR10(root=str(root), train=train, download=False)
         images = torch.from_numpy(np.ascontiguousarray(cifar.data.transpose(0, 3, 1, 2)))
         labels = torch.tensor(cifar.targets)
-    return LabeledData(
-        images=images.to(torch.uint8).contiguous(), labels=labels.to(torch.int64), mean=mean, std=std
-    )
+    return LabeledData(images=images.to(torch.uint8).contiguous(), labels=labels.to(torch.int64), mean=mean, std=std)
 
 
 def download_with_torchvision(name: str, cache: Path) -> None:

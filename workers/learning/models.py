@@ -146,14 +146,10 @@ def load_numpy(model: nn.Module, weights: TensorMapping) -> None:
     state = model.state_dict()
     missing, unexpected = sorted(set(state) - set(weights)), sorted(set(weights) - set(state))
     if missing or unexpected:
-        raise ConfigError(
-            "weights", f"keys do not match the model: missing {missing}, unexpected {unexpected}"
-        )
+        raise ConfigError("weights", f"keys do not match the model: missing {missing}, unexpected {unexpected}")
     for key, current in state.items():
         if tuple(weights[key].shape) != tuple(current.shape):
-            raise ConfigError(
-                "weights", f"{key}: shape {tuple(weights[key].shape)} != model's {tuple(current.shape)}"
-            )
+            raise ConfigError("weights", f"{key}: shape {tuple(weights[key].shape)} != model's {tuple(current.shape)}")
     model.load_state_dict(
         {k: torch.tensor(np.asarray(weights[k], dtype=np.float32), dtype=v.dtype) for k, v in state.items()}
     )

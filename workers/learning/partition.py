@@ -86,9 +86,7 @@ def _dirichlet(
     return [np.concatenate(p) for p in parts]
 
 
-def _shards(
-    y: npt.NDArray[np.generic], num_clients: int, k: int, rng: np.random.Generator
-) -> list[IndexArray]:
+def _shards(y: npt.NDArray[np.generic], num_clients: int, k: int, rng: np.random.Generator) -> list[IndexArray]:
     # McMahan et al. 2017: sort by label, cut into num_clients * k shards, deal k random shards to each.
     num_shards = num_clients * k
     if num_shards > len(y):

@@ -104,9 +104,7 @@ def train_local(
         loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
             TensorDataset(images, labels), batch_size=config.batch_size, shuffle=True
         )
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum
-        )
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
         module: nn.Module = model
         sample_rate = 1.0
         if config.dp:

@@ -175,9 +175,7 @@ def downgrade() -> None:
     op.drop_table("rejections")
     op.drop_table("privacy")
     op.drop_table("inbox")
-    op.drop_index(
-        "ix_events_unpublished", table_name="events", postgresql_where=UNPUBLISHED, sqlite_where=UNPUBLISHED
-    )
+    op.drop_index("ix_events_unpublished", table_name="events", postgresql_where=UNPUBLISHED, sqlite_where=UNPUBLISHED)
     op.drop_table("events")
     op.drop_index(op.f("ix_declines_run_id_round"), table_name="declines")
     op.drop_table("declines")

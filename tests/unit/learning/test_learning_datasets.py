@@ -105,9 +105,7 @@ def _write_tiny_cifar(root: Path, per_batch: int) -> None:
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
 
 
-def test_tiny_cifar10_python_batches_are_loaded(
-    monkeypatch: pytest.MonkeyPatch, offline: Path, tmp_path: Path
-) -> None:
+def test_tiny_cifar10_python_batches_are_loaded(monkeypatch: pytest.MonkeyPatch, offline: Path, tmp_path: Path) -> None:
     _write_tiny_cifar(tmp_path / "data", per_batch=4)
     # The fabricated files cannot match the official md5 sums that torchvision checks.
     monkeypatch.setattr(tv.cifar, "check_integrity", lambda fpath, md5=None: Path(fpath).is_file())

@@ -15,9 +15,7 @@ DELTA = 1e-5
 @pytest.mark.parametrize(
     ("epsilon", "sample_rate", "steps"), [(3.0, 64 / 6000, 1410), (1.0, 0.01, 500), (8.0, 0.05, 200)]
 )
-def test_derived_noise_spends_just_under_the_target_epsilon(
-    epsilon: float, sample_rate: float, steps: int
-) -> None:
+def test_derived_noise_spends_just_under_the_target_epsilon(epsilon: float, sample_rate: float, steps: int) -> None:
     noise = derive_noise_multiplier(target_epsilon=epsilon, delta=DELTA, sample_rate=sample_rate, steps=steps)
     ledger = PrivacyLedger()
 
@@ -27,9 +25,7 @@ def test_derived_noise_spends_just_under_the_target_epsilon(
 
 
 def test_plan_counts_steps_per_round_from_the_sample_rate() -> None:
-    plan = plan_privacy(
-        target_epsilon=3.0, delta=DELTA, num_samples=6000, batch_size=64, epochs_per_round=2, rounds=15
-    )
+    plan = plan_privacy(target_epsilon=3.0, delta=DELTA, num_samples=6000, batch_size=64, epochs_per_round=2, rounds=15)
 
     assert plan.sample_rate == pytest.approx(64 / 6000)
     assert plan.steps_per_round == 2 * 94
@@ -38,9 +34,7 @@ def test_plan_counts_steps_per_round_from_the_sample_rate() -> None:
 
 
 def test_plan_clips_the_sample_rate_to_one_for_tiny_clients() -> None:
-    plan = plan_privacy(
-        target_epsilon=3.0, delta=DELTA, num_samples=10, batch_size=64, epochs_per_round=1, rounds=2
-    )
+    plan = plan_privacy(target_epsilon=3.0, delta=DELTA, num_samples=10, batch_size=64, epochs_per_round=1, rounds=2)
 
     assert plan.sample_rate == 1.0
     assert plan.steps_per_round == 1
@@ -77,9 +71,7 @@ def test_ledger_accumulates_epsilon_across_rounds_and_survives_serialization() -
 
 
 def test_prospective_epsilon_shows_a_budget_would_be_exceeded_without_recording() -> None:
-    plan = plan_privacy(
-        target_epsilon=2.0, delta=DELTA, num_samples=6000, batch_size=64, epochs_per_round=1, rounds=3
-    )
+    plan = plan_privacy(target_epsilon=2.0, delta=DELTA, num_samples=6000, batch_size=64, epochs_per_round=1, rounds=3)
     ledger = PrivacyLedger()
     ledger.record(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)
     before = ledger.epsilon(DELTA)
