@@ -60,8 +60,13 @@ class RabbitBroker:
         prefetch: int = 1,
         reconnect_interval: float = 2.0,
         connect_attempts: int = 5,
+        declare_topology: bool = True,
     ) -> RabbitBroker:
-        """Connect (retrying connection errors), open a confirming channel and declare `topology`."""
+        """Connect (retrying connection errors), open a confirming channel and declare `topology`.
+
+        `declare_topology=False` is for least-privileged users (clients): the shared exchanges and queues
+        are assumed to exist and only `ensure_client_queue` declares anything.
+        """
         if publish_timeout <= 0:
             raise ConfigError("publish_timeout", "must be positive")
         if prefetch < 1:
@@ -76,7 +81,10 @@ class RabbitBroker:
                 publish_timeout=publish_timeout,
                 prefetch=prefetch,
             )
-            await broker.declare()
+            if declare_topology:
+                await broker.declare()
+            else:
+                broker._exchange = await channel.get_exchange(topology.events.name, ensure=False)
         except BaseException:
             await connection.close()
             raise

@@ -11,6 +11,7 @@ import logging
 
 from contracts.errors import TransientError
 from contracts.ports import EventLog, Publisher
+from ops.telemetry import attached
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class OutboxRelay:
         sent = 0
         while pending := await self._log.unpublished(limit=self._batch):
             for recorded in pending:
-                await self._publisher.publish(recorded.envelope)
+                with attached(recorded.envelope.traceparent):
+                    await self._publisher.publish(recorded.envelope)
                 await self._log.mark_published([recorded.position])
                 sent += 1
         self.published += sent

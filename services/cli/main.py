@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from contracts.errors import ConfigError, FedbusError
+from ops.telemetry import configure_logging
 
 EXIT_USAGE = 2
 
@@ -79,7 +80,7 @@ def _add_deployed(commands: argparse._SubParsersAction[_Parser]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, json_logs=os.environ.get("FEDBUS_LOG_FORMAT", "text") == "json")
     try:
         if args.command == "run":
             from services.cli.run_command import run_command

@@ -35,6 +35,7 @@ from contracts.ports import Clock, EventLog
 from contracts.tensor_codec import Manifest, decode_tensors, sha256_hex, specs_of
 from contracts.update_validation import RejectReason, validate_update
 from ops.clock import SystemClock
+from ops.telemetry import context_of, current_traceparent, tracer
 from services.coordinator.errors import NoRoundOpen, RunNotFound, UploadRefused
 from services.coordinator.rules import (
     RoundDecision,
@@ -47,6 +48,7 @@ from services.coordinator.rules import (
 from services.coordinator.state import RoundState, RunState, state_from_created
 
 CONSUMER = "coordinator"
+_TRACER = tracer("fedbus.coordinator")
 
 
 @dataclass(slots=True)
@@ -79,13 +81,19 @@ class Coordinator:
         self._lock = asyncio.Lock()
         self._in_flight: set[tuple[str, int, str]] = set()
         self._manifests: dict[str, Manifest] = {}
+        self._position = 0  # how far `_sync` has read the whole log
         self.changed = asyncio.Event()
 
     # -- start-up -------------------------------------------------------------------------------
     async def recover(self) -> None:
         """Rebuild clients and runs from the whole log (after a restart)."""
-        position = 0
-        while batch := await self._log.read_all(after_position=position, limit=1000):
+        await self._sync()
+        for run_id in list(self._runs):
+            await self._refresh(self._runs[run_id])
+
+    async def _sync(self) -> None:
+        """Take in what other writers appended (the API's runs and evictions, other coordinators' clients)."""
+        while batch := await self._log.read_all(after_position=self._position, limit=1000):
             for recorded in batch:
                 event = recorded.envelope.event
                 if isinstance(event, ClientRegistered):
@@ -93,11 +101,9 @@ class Coordinator:
                     self._clients[event.client_id] = ClientRecord(event.client_id, event.partition_index, name)
                 elif isinstance(event, ClientEvicted) and event.client_id in self._clients:
                     self._clients[event.client_id].evicted = True
-                elif isinstance(event, RunCreated):
+                elif isinstance(event, RunCreated) and event.run_id not in self._runs:
                     self._runs[event.run_id] = state_from_created(event)
-            position = batch[-1].position
-        for run_id in list(self._runs):
-            await self._refresh(self._runs[run_id])
+            self._position = batch[-1].position
 
     # -- clients --------------------------------------------------------------------------------
     async def register(self, capabilities: ClientCapabilities, instance_name: str = "") -> ClientRecord:
@@ -163,6 +169,7 @@ class Coordinator:
 
     async def advance(self, run_id: str | None = None) -> None:
         """Take every decision that is due: start, close, retry, complete. Safe to call any time."""
+        await self._sync()
         for rid in [run_id] if run_id else list(self._runs):
             if rid in self._runs:
                 await self._commit(rid, self._next_events)
@@ -223,7 +230,8 @@ class Coordinator:
         """Validate the assembled bytes, store them and append UpdateAccepted (or refuse with a reason)."""
         header = ticket.header
         try:
-            return await self._accept(header, payload)
+            with _TRACER.start_as_current_span("validate and accept update", attributes={"fedbus.bytes": len(payload)}):
+                return await self._accept(header, payload)
         finally:
             self.abandon_upload(ticket)
 
@@ -395,7 +403,7 @@ class Coordinator:
                     break
                 try:
                     await self._log.append(
-                        stream_of(run_id), [Envelope(event=e) for e in events], expected_version=run.version
+                        stream_of(run_id), self._envelopes(run, events), expected_version=run.version
                     )
                 except ConcurrencyConflict:
                     continue
@@ -404,9 +412,29 @@ class Coordinator:
                 raise ConcurrencyConflict(f"run {run_id}: gave up after repeated conflicts")
         self.changed.set()
 
+    def _envelopes(self, run: RunState, events: Sequence[Event]) -> list[Envelope]:
+        """Each event joins its round's trace; a RoundStarted begins a new trace (one per round)."""
+        envelopes = []
+        round_trace = run.current.traceparent if run.current else None
+        for event in events:
+            if isinstance(event, RoundStarted):
+                attributes: dict[str, str | int] = {
+                    "fedbus.run_id": event.run_id,
+                    "fedbus.round": event.round,
+                    "fedbus.attempt": event.attempt,
+                }
+                with _TRACER.start_as_current_span(
+                    f"round {event.round}", context=context_of(None), attributes=attributes
+                ):
+                    round_trace = current_traceparent()
+                envelopes.append(Envelope(event=event, traceparent=round_trace))
+            else:
+                envelopes.append(Envelope(event=event, traceparent=current_traceparent() or round_trace))
+        return envelopes
+
     async def _refresh(self, run: RunState) -> None:
         for recorded in await self._log.read_stream(stream_of(run.run_id), after_version=run.version):
-            run.apply(recorded.envelope.event, recorded.envelope.occurred_at)
+            run.apply(recorded.envelope.event, recorded.envelope.occurred_at, recorded.envelope.traceparent)
             run.version = recorded.version
 
 

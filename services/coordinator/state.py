@@ -35,6 +35,7 @@ class RoundState:
     late: dict[str, str] = field(default_factory=dict)
     rejected: set[str] = field(default_factory=set)
     declined: set[str] = field(default_factory=set)
+    traceparent: str | None = None  # the round's trace: every event of the round joins it
     quorum_at: float | None = None  # when the quorum was first met (grace period starts)
     closed: bool = False  # QuorumReached or RoundFailed appended
     failed: bool = False
@@ -63,7 +64,7 @@ class RunState:
         version = max(self.models)
         return version, self.models[version]
 
-    def apply(self, event: Event, occurred_at: float) -> None:
+    def apply(self, event: Event, occurred_at: float, traceparent: str | None = None) -> None:
         """Fold one event into the state; unknown-to-the-coordinator events are ignored."""
         match event:
             case ModelInitialized(model_version=v, model_digest=d) | RoundAggregated(model_version=v, model_digest=d):
@@ -81,6 +82,7 @@ class RunState:
                     selected=event.selected,
                     deadline=event.deadline,
                     started_at=occurred_at,
+                    traceparent=traceparent,
                 )
             case UpdateAccepted() if self._is_current(event.round):
                 assert self.current is not None

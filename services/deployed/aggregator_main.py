@@ -7,7 +7,9 @@ import logging
 
 from broker.rabbitmq import RabbitBroker
 from ops.settings import Settings
+from ops.telemetry import shutdown_telemetry
 from persistence.sql_event_log import SqlEventLog
+from services.deployed.observability import observe
 from services.deployed.pool import process_pool
 from workers.aggregator.evaluator import PoolEvaluator
 from workers.aggregator.worker import AggregatorWorker
@@ -17,6 +19,7 @@ log = logging.getLogger("fedbus.aggregator")
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     event_log = await SqlEventLog.connect(settings.database_url, create=False)
+    observe("aggregator", settings.instance_name, event_log)
     broker = await RabbitBroker.connect(settings.amqp_url)
     with process_pool(settings.workers) as executor:
         worker = AggregatorWorker(event_log, PoolEvaluator(executor, settings.data_dir))
@@ -29,3 +32,4 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await consumer.cancel()
             await broker.close()
             await event_log.close()
+            shutdown_telemetry()

@@ -11,6 +11,8 @@ from broker.rabbitmq import RabbitBroker
 from contracts.models import ClientCapabilities
 from ops.clock import SystemClock
 from ops.settings import Settings
+from ops.telemetry import shutdown_telemetry
+from services.deployed.observability import observe
 from services.deployed.pool import process_pool
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
@@ -21,6 +23,7 @@ log = logging.getLogger("fedbus.client")
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     settings.require("ENROLLMENT_TOKEN")
+    observe("client", settings.instance_name)
     transport = FederationClient(settings.grpc_address)
     capabilities = ClientCapabilities(device="cpu", cores=os.cpu_count() or 1, hostname=socket.gethostname())
     registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
@@ -44,3 +47,4 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await consumer.cancel()
             await broker.close()
             await transport.close()
+            shutdown_telemetry()

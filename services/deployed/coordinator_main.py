@@ -10,10 +10,12 @@ from broker.rabbitmq import RabbitBroker
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
 from ops.settings import Settings
+from ops.telemetry import shutdown_telemetry
 from persistence.sql_event_log import SqlEventLog
 from services.coordinator.server import start_grpc_server
 from services.coordinator.service import Coordinator
 from services.coordinator.tokens import TokenAuthority
+from services.deployed.observability import observe
 from services.relay import OutboxRelay
 
 log = logging.getLogger("fedbus.coordinator")
@@ -23,6 +25,7 @@ async def serve(settings: Settings, stop: asyncio.Event, run_config: RunConfig |
     settings.require("ENROLLMENT_TOKEN", "TOKEN_SECRET")
     tokens = TokenAuthority(secret=settings.token_secret.encode(), enrollment_token=settings.enrollment_token)
     event_log = await SqlEventLog.connect(settings.database_url, create=False)
+    observe("coordinator", settings.instance_name, event_log)
     broker = await RabbitBroker.connect(settings.amqp_url)
     coordinator = Coordinator(event_log, partition_count=settings.partitions)
     await coordinator.recover()
@@ -55,6 +58,7 @@ async def serve(settings: Settings, stop: asyncio.Event, run_config: RunConfig |
             await relay.relay_once()
         await broker.close()
         await event_log.close()
+        shutdown_telemetry()
 
 
 async def _wake_relay(coordinator: Coordinator, relay: OutboxRelay) -> None:

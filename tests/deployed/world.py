@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -63,6 +64,19 @@ def outline(events: list[Event]) -> str:
     return ", ".join(type(e).__name__ + (f"(r{e.round})" if hasattr(e, "round") else "") for e in events)
 
 
+def unacknowledged(vhost: str, queue: str) -> int:
+    """How many messages of `queue` a consumer holds without having settled them (rabbitmqctl)."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "--no-table-headers", "-p", vhost, "name", "messages_unacknowledged"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    counts = dict(line.split("\t") for line in listing.splitlines() if "\t" in line)
+    return int(counts[queue])
+
+
 @dataclass(slots=True, kw_only=True)
 class Deployment:
     """One test's RabbitMQ vhost, PostgreSQL database, run id, run config and processes."""
@@ -79,8 +93,13 @@ class Deployment:
         done = fedbus_cli("db", "upgrade", env=self.fleet.env)
         assert done.returncode == 0, f"fedbus db upgrade failed:\n{done.stdout}\n{done.stderr}"
 
-    def write_config(self, **overrides: Any) -> None:
-        """Write the run config: SMALL_RUN with `overrides` (the `round` and `privacy` tables are merged)."""
+    def write_config(self, *, clients: int, rounds: int, **overrides: Any) -> None:
+        """Write the run config: SMALL_RUN with `overrides` (the `round` and `privacy` tables are merged).
+
+        The coordinator hands out one data partition per client.
+        """
+        self.fleet.env["FEDBUS_PARTITIONS"] = str(clients)
+        overrides = {**overrides, "clients": clients, "rounds": rounds}
         config = {**SMALL_RUN, **{k: v for k, v in overrides.items() if k not in ("round", "privacy")}}
         for table in ("round", "privacy"):
             config[table] = {**SMALL_RUN[table], **overrides.get(table, {})}
@@ -93,8 +112,7 @@ class Deployment:
         return process
 
     def start_aggregator(self, name: str) -> FedbusProcess:
-        process = self.fleet.start(name, "aggregator")
-        return process
+        return self.fleet.start(name, "aggregator")
 
     def start_client(self, name: str) -> FedbusProcess:
         """A client with a stable instance name (its identity survives a coordinator restart)."""

@@ -22,10 +22,12 @@ from contracts.events import (
 )
 from contracts.ports import EventLog
 from contracts.tensor_codec import decode_tensors, encode_with_manifest
+from ops.telemetry import context_of, current_traceparent, tracer
 from workers.aggregator.evaluator import PoolEvaluator
 from workers.learning.fedavg import StreamingFedAvg, apply_update
 
 log = logging.getLogger(__name__)
+_TRACER = tracer("fedbus.aggregator")
 CONSUMER = "aggregator"
 
 
@@ -45,7 +47,15 @@ class AggregatorWorker:
         if isinstance(event, RunCreated):
             await self._initialize(envelope, event)
         elif isinstance(event, QuorumReached):
-            await self._aggregate(envelope, event)
+            attributes: dict[str, str | int] = {
+                "fedbus.run_id": event.run_id,
+                "fedbus.round": event.round,
+                "fedbus.updates": len(event.update_ids),
+            }
+            with _TRACER.start_as_current_span(
+                "aggregate", context=context_of(envelope.traceparent), attributes=attributes
+            ):
+                await self._aggregate(envelope, event)
 
     async def _initialize(self, envelope: Envelope, event: RunCreated) -> None:
         history = await self._log.read_stream(_stream(event.run_id))
@@ -81,9 +91,10 @@ class AggregatorWorker:
             await asyncio.to_thread(fedavg.add, delta, accepted.num_samples)
             train_loss += float(accepted.metrics.get("loss", 0.0)) * accepted.num_samples
         weights = apply_update(base, fedavg.result())
-        metrics = await self._evaluator.evaluate(
-            weights, model=config.model, dataset=config.dataset, limit=config.eval_limit
-        )
+        with _TRACER.start_as_current_span("evaluate"):
+            metrics = await self._evaluator.evaluate(
+                weights, model=config.model, dataset=config.dataset, limit=config.eval_limit
+            )
         metrics["train_loss"] = train_loss / max(1, sum(updates[u].num_samples for u in event.update_ids))
         data, manifest = encode_with_manifest(weights)
         done = RoundAggregated(
@@ -98,6 +109,6 @@ class AggregatorWorker:
         async with self._log.transaction() as uow:
             if await uow.claim(CONSUMER, envelope.event_id):
                 await uow.put_blob(manifest.digest, "model", data)
-                await uow.append(_stream(event.run_id), [Envelope(event=done, traceparent=envelope.traceparent)])
+                await uow.append(_stream(event.run_id), [Envelope(event=done, traceparent=current_traceparent())])
                 self.aggregations += 1
         log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)

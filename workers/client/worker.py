@@ -17,12 +17,14 @@ from contracts.models import ModelUpdate
 from contracts.ports import Clock
 from contracts.tensor_codec import decode_tensors, sha256_hex
 from contracts.tensors import TensorDict
+from ops.telemetry import context_of, tracer
 from workers.client.trainer import PoolTrainer, partition_indices
 from workers.client.transport import FederationClient, Registration
 from workers.learning.privacy import PrivacyLedger, PrivacyPlan, plan_privacy
 from workers.learning.training import LocalTrainConfig
 
 log = logging.getLogger(__name__)
+_TRACER = tracer("fedbus.client")
 BUDGET_REASON = "privacy_budget"
 
 
@@ -64,7 +66,14 @@ class ClientWorker:
     async def handle(self, envelope: Envelope) -> None:
         event = envelope.event
         if isinstance(event, RoundStarted) and self.client_id in event.selected:
-            await self._on_round(event)
+            attributes: dict[str, str | int] = {
+                "fedbus.client_id": self.client_id,
+                "fedbus.round": event.round,
+                "fedbus.run_id": event.run_id,
+            }
+            parent = context_of(envelope.traceparent)
+            with _TRACER.start_as_current_span("client round", context=parent, attributes=attributes):
+                await self._on_round(event)
         elif isinstance(event, RunCompleted):
             self._runs.pop(event.run_id, None)
 
@@ -85,7 +94,8 @@ class ClientWorker:
                 log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)
                 await self._decline(event, BUDGET_REASON)
                 return
-        base = await self._model(event)
+        with _TRACER.start_as_current_span("download model"):
+            base = await self._model(event)
         config = LocalTrainConfig(
             model=train["model"],
             dataset=train["dataset"],
@@ -100,10 +110,12 @@ class ClientWorker:
             delta=float(privacy["delta"]),
             seed=int(train["seed"]) * 1000 + event.round * 7 + self._registration.partition_index,
         )
-        result = await self._trainer.train(base, memory.indices, config, memory.ledger)
+        with _TRACER.start_as_current_span("train", attributes={"fedbus.samples": len(memory.indices)}):
+            result = await self._trainer.train(base, memory.indices, config, memory.ledger)
         memory.ledger = result.ledger if plan is not None else None
         spec = parse_compression(str(train["compression"]))
-        compressed = await asyncio.to_thread(compress_update, result.delta, spec, memory.feedback)
+        with _TRACER.start_as_current_span("compress", attributes={"fedbus.codec": str(spec)}):
+            compressed = await asyncio.to_thread(compress_update, result.delta, spec, memory.feedback)
         header = ModelUpdate(
             run_id=event.run_id,
             round=event.round,
@@ -118,7 +130,8 @@ class ClientWorker:
             metrics={k: float(v) for k, v in result.metrics.items()},
         )
         try:
-            await self._transport.upload(header, compressed.payload)
+            with _TRACER.start_as_current_span("upload", attributes={"fedbus.bytes": len(compressed.payload)}):
+                await self._transport.upload(header, compressed.payload)
             self.rounds_trained += 1
         except grpc.aio.AioRpcError as exc:
             # The coordinator refused or the round closed: nothing to retry, the next round will come.

@@ -1,0 +1,83 @@
+"""Serving the API with waitress: `fedbus api` (blocking) and ApiServer (a thread, for tests and embedding)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from waitress.server import create_server
+
+from contracts.errors import ConfigError
+from services.api.app import close_app, create_app
+from services.api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+def check_exposure(settings: ApiSettings) -> None:
+    """Without tokens the API is open: refuse to bind anything but loopback."""
+    if not settings.auth_enabled and not settings.loopback_only:
+        raise ConfigError(
+            "host", f"refusing to serve on {settings.host} without FEDBUS_API_TOKENS; set tokens or bind 127.0.0.1"
+        )
+
+
+class ApiServer:
+    """The app behind a waitress server on its own thread; `port` is the bound one (0 picks a free port)."""
+
+    def __init__(self, settings: ApiSettings, **app_options: Any) -> None:
+        check_exposure(settings)
+        self.app = create_app(settings, **app_options)
+        self._server: Any = create_server(
+            self.app, host=settings.host, port=settings.port, threads=settings.threads, ident="fedbus"
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.effective_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._server.effective_host}:{self.port}"
+
+    def start(self) -> ApiServer:
+        self._thread = threading.Thread(target=self._server.run, name="fedbus-api-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Serve on the calling thread until SIGINT/SIGTERM."""
+        self._server.run()
+
+    def close(self) -> None:
+        close_app(self.app)  # ends open event streams first, so worker threads come free
+        self._server.close()
+        self._server.task_dispatcher.shutdown(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def api_command(args: argparse.Namespace) -> int:
+    """`fedbus api`: settings from the environment, --database-url/--host/--port from flags."""
+    settings = ApiSettings.from_env(database_url=args.database_url, host=args.host, port=args.port)
+    server = ApiServer(settings)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        sys.exit(0)  # waitress's loop ends on SystemExit and shuts its task threads down
+
+    signal.signal(signal.SIGTERM, stop)
+    log.warning("fedbus api serving on %s (database %s)", server.url, settings.database_url.rsplit("@", 1)[-1])
+    try:
+        server.run()
+    finally:
+        close_app(server.app)
+    return 0
+
+
+__all__ = ["ApiServer", "api_command", "check_exposure"]
