@@ -30,6 +30,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "RUN_CONFIG": ("", "coordinator: a TOML run config to start once enough clients registered"),
     "WAIT_CLIENTS": ("0", "coordinator: clients to wait for before starting RUN_CONFIG (0: its clients)"),
     "RUN_ID": ("", "coordinator: the id of the run it starts (default: generated)"),
+    "METRICS_PORT": ("0", "port of the Prometheus /metrics endpoint of this process (0: off)"),
 }
 SECRETS = ("ENROLLMENT_TOKEN", "TOKEN_SECRET")
 
@@ -70,6 +71,7 @@ class Settings:
     run_config: Path | None
     wait_clients: int
     run_id: str | None
+    metrics_port: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +91,7 @@ class Settings:
             run_config=Path(run_config) if run_config else None,
             wait_clients=_int(env, "WAIT_CLIENTS", 0),
             run_id=_value(env, "RUN_ID") or None,
+            metrics_port=_int(env, "METRICS_PORT", 0),
         )
 
     def require(self, *names: str) -> None:

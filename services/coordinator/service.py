@@ -35,6 +35,7 @@ from contracts.ports import Clock, EventLog
 from contracts.tensor_codec import Manifest, decode_tensors, sha256_hex, specs_of
 from contracts.update_validation import RejectReason, validate_update
 from ops.clock import SystemClock
+from ops.metrics import FedbusMetrics
 from ops.telemetry import context_of, current_traceparent, tracer
 from services.coordinator.errors import NoRoundOpen, RunNotFound, UploadRefused
 from services.coordinator.rules import (
@@ -72,8 +73,11 @@ def stream_of(run_id: str) -> str:
 
 
 class Coordinator:
-    def __init__(self, log: EventLog, *, partition_count: int, clock: Clock | None = None) -> None:
+    def __init__(
+        self, log: EventLog, *, partition_count: int, clock: Clock | None = None, metrics: FedbusMetrics | None = None
+    ) -> None:
         self._log = log
+        self.metrics = metrics or FedbusMetrics()
         self._clock = clock or SystemClock()
         self._partition_count = partition_count
         self._runs: dict[str, RunState] = {}
@@ -189,6 +193,7 @@ class Coordinator:
         if digest is None:
             raise RunNotFound(f"run {run_id!r} has no model version {version}")
         data = await self._log.get_blob(digest)
+        self.metrics.bytes_out.inc(len(data))
         return self._manifest(digest, data), data
 
     def _manifest(self, digest: str, data: bytes) -> Manifest:
@@ -435,6 +440,7 @@ class Coordinator:
     async def _refresh(self, run: RunState) -> None:
         for recorded in await self._log.read_stream(stream_of(run.run_id), after_version=run.version):
             run.apply(recorded.envelope.event, recorded.envelope.occurred_at, recorded.envelope.traceparent)
+            self.metrics.observe(recorded.envelope.event, recorded.envelope.occurred_at)
             run.version = recorded.version
 
 

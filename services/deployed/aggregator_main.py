@@ -7,6 +7,7 @@ import logging
 
 from broker.rabbitmq import RabbitBroker
 from ops.settings import Settings
+from ops.metrics import FedbusMetrics, serve_metrics
 from ops.telemetry import shutdown_telemetry
 from persistence.sql_event_log import SqlEventLog
 from services.deployed.observability import observe
@@ -22,7 +23,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     observe("aggregator", settings.instance_name, event_log)
     broker = await RabbitBroker.connect(settings.amqp_url)
     with process_pool(settings.workers) as executor:
-        worker = AggregatorWorker(event_log, PoolEvaluator(executor, settings.data_dir))
+        metrics = FedbusMetrics()
+        serve_metrics(metrics, settings.metrics_port)
+        worker = AggregatorWorker(event_log, PoolEvaluator(executor, settings.data_dir), metrics=metrics)
         consumer = await broker.consume("fedbus.aggregator", worker.handle, prefetch=1)
         log.info("aggregator consuming fedbus.aggregator")
         try:

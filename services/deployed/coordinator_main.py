@@ -9,6 +9,7 @@ import logging
 from broker.rabbitmq import RabbitBroker
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
+from ops.metrics import serve_metrics
 from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
 from persistence.sql_event_log import SqlEventLog
@@ -28,6 +29,7 @@ async def serve(settings: Settings, stop: asyncio.Event, run_config: RunConfig |
     observe("coordinator", settings.instance_name, event_log)
     broker = await RabbitBroker.connect(settings.amqp_url)
     coordinator = Coordinator(event_log, partition_count=settings.partitions)
+    serve_metrics(coordinator.metrics, settings.metrics_port)
     await coordinator.recover()
     relay = OutboxRelay(event_log, broker)
     server, port = await start_grpc_server(coordinator, tokens, settings.grpc_bind)

@@ -27,7 +27,7 @@ class _Collector(pb_grpc.TraceServiceServicer):
         self.spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
 
-    def Export(self, request: pb.ExportTraceServiceRequest, context: object) -> pb.ExportTraceServiceResponse:  # noqa: N802
+    def Export(self, request: pb.ExportTraceServiceRequest, context: object) -> pb.ExportTraceServiceResponse:
         received = []
         for resource_spans in request.resource_spans:
             resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}

@@ -22,6 +22,7 @@ from contracts.events import (
 )
 from contracts.ports import EventLog
 from contracts.tensor_codec import decode_tensors, encode_with_manifest
+from ops.metrics import FedbusMetrics
 from ops.telemetry import context_of, current_traceparent, tracer
 from workers.aggregator.evaluator import PoolEvaluator
 from workers.learning.fedavg import StreamingFedAvg, apply_update
@@ -36,8 +37,16 @@ def _stream(run_id: str) -> str:
 
 
 class AggregatorWorker:
-    def __init__(self, log_: EventLog, evaluator: PoolEvaluator, *, max_weight: float | None = None) -> None:
+    def __init__(
+        self,
+        log_: EventLog,
+        evaluator: PoolEvaluator,
+        *,
+        max_weight: float | None = None,
+        metrics: FedbusMetrics | None = None,
+    ) -> None:
         self._log = log_
+        self._metrics = metrics
         self._evaluator = evaluator
         self._max_weight = max_weight
         self.aggregations = 0
@@ -111,4 +120,6 @@ class AggregatorWorker:
                 await uow.put_blob(manifest.digest, "model", data)
                 await uow.append(_stream(event.run_id), [Envelope(event=done, traceparent=current_traceparent())])
                 self.aggregations += 1
+                if self._metrics is not None:
+                    self._metrics.observe(done, time.time())
         log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)
