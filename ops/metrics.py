@@ -42,6 +42,9 @@ class FedbusMetrics:
             "fedbus_aggregation_seconds", "Aggregation time per round", registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
         )  # fmt: skip
+        self.uploads_shed = Counter(
+            "fedbus_uploads_shed", "Uploads refused with RESOURCE_EXHAUSTED under load", registry=r
+        )
         self.runs_completed = Counter("fedbus_runs_completed", "Runs completed", ["reason"], registry=r)
         self._round_started: dict[tuple[str, int], float] = {}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.errors import ConfigError
+from ops.tls import ClientTls, ServerTls
 
 PREFIX = "FEDBUS_"
 
@@ -30,6 +31,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "RUN_CONFIG": ("", "coordinator: a TOML run config to start once enough clients registered"),
     "WAIT_CLIENTS": ("0", "coordinator: clients to wait for before starting RUN_CONFIG (0: its clients)"),
     "RUN_ID": ("", "coordinator: the id of the run it starts (default: generated)"),
+    "TLS_CERT": ("", "coordinator: server certificate (PEM); with TLS_KEY turns TLS on and plaintext off"),
+    "TLS_KEY": ("", "coordinator: server private key (PEM)"),
+    "TLS_CLIENT_CA": ("", "coordinator: CA of client certificates; set = mTLS required"),
+    "TLS_CA": ("", "client: CA that signed the coordinator's certificate; set = connect with TLS"),
+    "TLS_CLIENT_CERT": ("", "client: its certificate for mTLS"),
+    "TLS_CLIENT_KEY": ("", "client: its private key for mTLS"),
+    "MAX_UPLOADS": ("64", "coordinator: uploads in flight before new ones are shed (RESOURCE_EXHAUSTED)"),
     "METRICS_PORT": ("0", "port of the Prometheus /metrics endpoint of this process (0: off)"),
 }
 SECRETS = ("ENROLLMENT_TOKEN", "TOKEN_SECRET")
@@ -72,6 +80,9 @@ class Settings:
     wait_clients: int
     run_id: str | None
     metrics_port: int
+    max_uploads: int
+    server_tls: ServerTls | None
+    client_tls: ClientTls | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,6 +103,9 @@ class Settings:
             wait_clients=_int(env, "WAIT_CLIENTS", 0),
             run_id=_value(env, "RUN_ID") or None,
             metrics_port=_int(env, "METRICS_PORT", 0),
+            max_uploads=_int(env, "MAX_UPLOADS", 1),
+            server_tls=_server_tls(env),
+            client_tls=_client_tls(env),
         )
 
     def require(self, *names: str) -> None:
@@ -99,6 +113,28 @@ class Settings:
         for name in names:
             if not getattr(self, name.lower()):
                 raise ConfigError(f"{PREFIX}{name}", "must be set (or the matching _FILE variable)")
+
+
+def _server_tls(env: Mapping[str, str]) -> ServerTls | None:
+    cert, key, client_ca = (_value(env, n) for n in ("TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA"))
+    if not cert and not key:
+        if client_ca:
+            raise ConfigError(f"{PREFIX}TLS_CLIENT_CA", "needs FEDBUS_TLS_CERT and FEDBUS_TLS_KEY (mTLS is TLS first)")
+        return None
+    if not (cert and key):
+        raise ConfigError(f"{PREFIX}TLS_CERT", "FEDBUS_TLS_CERT and FEDBUS_TLS_KEY go together")
+    return ServerTls(cert=cert, key=key, client_ca=client_ca or None)
+
+
+def _client_tls(env: Mapping[str, str]) -> ClientTls | None:
+    ca, cert, key = (_value(env, n) for n in ("TLS_CA", "TLS_CLIENT_CERT", "TLS_CLIENT_KEY"))
+    if bool(cert) != bool(key):
+        raise ConfigError(f"{PREFIX}TLS_CLIENT_CERT", "FEDBUS_TLS_CLIENT_CERT and FEDBUS_TLS_CLIENT_KEY go together")
+    if not ca:
+        if cert:
+            raise ConfigError(f"{PREFIX}TLS_CA", "a client certificate needs FEDBUS_TLS_CA to check the server")
+        return None
+    return ClientTls(ca=ca, cert=cert or None, key=key or None)
 
 
 def environment_help() -> str:

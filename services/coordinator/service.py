@@ -254,8 +254,11 @@ class Coordinator:
         current = run.current
         assert current is not None
         manifest = self._manifest(current.model_digest, await self._log.get_blob(current.model_digest))
+        numel = sum(_numel(s.shape) for s in manifest.tensors)
         try:
-            update = decompress_update(payload, max_elements=sum(_numel(s.shape) for s in manifest.tensors))
+            # zstd allocates what its frame declares before any record is checked: cap that near the model's
+            # size (8 bytes an element covers top-k indices + values and int64 tensors), not the 512 MiB default.
+            update = decompress_update(payload, max_elements=numel, max_decompressed_bytes=8 * numel + (1 << 20))
         except CodecError as exc:
             raise await self._refuse(header, RejectReason.CORRUPT, str(exc)) from exc
         rejection = validate_update(update, manifest.tensors, max_norm=run.config.round.max_update_norm)

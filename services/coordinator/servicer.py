@@ -19,6 +19,8 @@ from services.coordinator.status import status_of
 from services.coordinator.tokens import PermissionDenied, TokenAuthority, Unauthenticated
 
 CHUNK_SIZE = 1 << 20
+RETRY_AFTER_KEY = "fedbus-retry-after-ms"
+RETRY_AFTER_MS = 200
 
 
 def bearer(context: grpc.aio.ServicerContext[object, object]) -> str:
@@ -36,8 +38,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         *,
         chunk_size: int = CHUNK_SIZE,
         clock: Clock | None = None,
+        max_concurrent_uploads: int = 64,
     ) -> None:
         self._coordinator = coordinator
+        self._max_uploads = max_concurrent_uploads
+        self._uploads = 0  # in flight; one event loop, so a plain counter is enough
         self._clock = clock or SystemClock()
         self._tokens = tokens
         self._chunk_size = chunk_size
@@ -87,6 +92,23 @@ class FederationServicer(pb_grpc.FederationServicer):
             first = False
 
     async def UploadUpdate(
+        self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.UploadReply:
+        if self._uploads >= self._max_uploads:
+            self._coordinator.metrics.uploads_shed.inc()
+            # Shed load before reading a byte: the client backs off and retries (see RETRY_AFTER_KEY).
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"overloaded: {self._uploads} uploads in flight; retry later",
+                trailing_metadata=((RETRY_AFTER_KEY, str(RETRY_AFTER_MS)),),
+            )
+        self._uploads += 1
+        try:
+            return await self._upload(request_iterator, context)
+        finally:
+            self._uploads -= 1
+
+    async def _upload(
         self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext[object, object]
     ) -> pb.UploadReply:
         try:

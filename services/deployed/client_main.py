@@ -24,7 +24,7 @@ log = logging.getLogger("fedbus.client")
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     settings.require("ENROLLMENT_TOKEN")
     observe("client", settings.instance_name)
-    transport = FederationClient(settings.grpc_address)
+    transport = FederationClient(settings.grpc_address, tls=settings.client_tls)
     capabilities = ClientCapabilities(device="cpu", cores=os.cpu_count() or 1, hostname=socket.gethostname())
     registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
     log.info(

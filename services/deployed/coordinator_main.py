@@ -32,7 +32,9 @@ async def serve(settings: Settings, stop: asyncio.Event, run_config: RunConfig |
     serve_metrics(coordinator.metrics, settings.metrics_port)
     await coordinator.recover()
     relay = OutboxRelay(event_log, broker)
-    server, port = await start_grpc_server(coordinator, tokens, settings.grpc_bind)
+    server, port = await start_grpc_server(
+        coordinator, tokens, settings.grpc_bind, tls=settings.server_tls, max_concurrent_uploads=settings.max_uploads
+    )
     log.info("coordinator serving gRPC on port %s", port)
 
     async def on_event(envelope: Envelope) -> None:

@@ -74,16 +74,26 @@ def update_payload(model: TensorDict, *, scale: float = 0.01, codec: str = "fp32
 
 
 @contextlib.asynccontextmanager
-async def world(*, clients: int = 3, big: bool = False, quorum: float = 1.0) -> AsyncIterator[World]:
-    log = InMemoryEventLog()
+async def world(
+    *,
+    clients: int = 3,
+    big: bool = False,
+    quorum: float = 1.0,
+    max_concurrent_uploads: int = 64,
+    attempts: int = 1,
+    log: InMemoryEventLog | None = None,
+) -> AsyncIterator[World]:
+    log = log or InMemoryEventLog()
     coordinator = Coordinator(log, partition_count=clients)
     tokens = TokenAuthority.generate()
-    server, port = await start_grpc_server(coordinator, tokens, "127.0.0.1:0")
+    server, port = await start_grpc_server(
+        coordinator, tokens, "127.0.0.1:0", max_concurrent_uploads=max_concurrent_uploads
+    )
     address = f"127.0.0.1:{port}"
     registered: list[tuple[FederationClient, Registration]] = []
     try:
         for index in range(clients):
-            transport = FederationClient(address, deadline_s=20, attempts=1)
+            transport = FederationClient(address, deadline_s=60, attempts=attempts)
             registration = await transport.register(tokens.enrollment_token, ClientCapabilities(), f"test-{index}")
             registered.append((transport, registration))
         config = RunConfig(

@@ -14,14 +14,24 @@ from contracts.models import ClientCapabilities, ModelUpdate
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import ChunkAssembler, iter_chunks
+from ops.tls import ClientTls
 
 T = TypeVar("T")
 CHUNK_SIZE = 1 << 20
 MAX_MODEL_BYTES = 2 << 30
 
 
-def _unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+RETRY_AFTER_KEY = "fedbus-retry-after-ms"  # the coordinator's load-shedding hint (services/coordinator/servicer.py)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """UNAVAILABLE, or RESOURCE_EXHAUSTED from load shedding (it carries a retry-after hint; a size cap does not)."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return True
+    shed = any(key == RETRY_AFTER_KEY for key, _ in exc.trailing_metadata() or ())
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and shed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,11 +46,24 @@ class FederationClient:
     """One channel to the coordinator; `token` is set by `register`."""
 
     def __init__(
-        self, address: str, *, deadline_s: float = 60.0, attempts: int = 5, chunk_size: int = CHUNK_SIZE
+        self,
+        address: str,
+        *,
+        deadline_s: float = 60.0,
+        attempts: int = 5,
+        chunk_size: int = CHUNK_SIZE,
+        tls: ClientTls | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)]
-        )
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", 4 << 20),
+            ("grpc.max_send_message_length", 4 << 20),
+        ]
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
         self._stub = pb_grpc.FederationStub(self._channel)  # type: ignore[no-untyped-call]
         self._deadline = deadline_s
         self._attempts = attempts
@@ -55,7 +78,7 @@ class FederationClient:
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_unavailable),
+            retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
             reraise=True,
