@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from broker.rabbitmq import RabbitBroker
-from ops.settings import Settings
 from ops.metrics import FedbusMetrics, serve_metrics
+from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
 from persistence.sql_event_log import SqlEventLog
 from services.deployed.observability import observe

@@ -92,7 +92,7 @@ def test_client_tokens_are_signed_and_expire() -> None:
 
 def test_wrong_enrollment_token_is_unauthenticated() -> None:
     async def scenario() -> None:
-        async with serving(None) as (address, tokens):
+        async with serving(None) as (address, _tokens):
             client = FederationClient(address, deadline_s=5, attempts=1)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await client.register("not-the-token", ClientCapabilities())
