@@ -8,12 +8,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import aggregation, compression, training
+from benchmarks import aggregation, compression, load, training
 from benchmarks.machine import machine
 
 PROFILES = {
-    "quick": {"updates": 20, "params": 1_663_370, "repeats": 5, "samples": 3000},
-    "smoke": {"updates": 3, "params": 10_000, "repeats": 1, "samples": 300},
+    "quick": {"updates": 20, "params": 1_663_370, "repeats": 5, "samples": 3000, "clients": 200},
+    "smoke": {"updates": 3, "params": 10_000, "repeats": 1, "samples": 300, "clients": 10},
 }
 
 
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         "## Framework overhead of local DP training",
         "",
         *training.run(data_dir=data_dir, samples=p["samples"], batch=64, repeats=min(3, p["repeats"])),
+        "",
+        "## Load: concurrent uploads to one coordinator",
+        "",
+        *load.run(clients=p["clients"], max_uploads=64),
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

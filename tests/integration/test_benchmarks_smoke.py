@@ -13,6 +13,7 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     assert main(["--profile", "smoke", "--out", str(out)]) == 0
 
     text = out.read_text()
-    for section in ("## Aggregation throughput", "## Compression", "## Framework overhead of local DP training"):
+    sections = ("## Aggregation throughput", "## Compression", "## Framework overhead of local DP training", "## Load")
+    for section in sections:
         assert section in text
     assert "Machine: " in text and "| int8 |" in text
