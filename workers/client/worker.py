@@ -20,12 +20,14 @@ from contracts.tensors import TensorDict
 from ops.telemetry import context_of, tracer
 from workers.client.trainer import PoolTrainer, partition_indices
 from workers.client.transport import FederationClient, Registration
+from workers.learning.datasets import DataUnavailable
 from workers.learning.privacy import PrivacyLedger, PrivacyPlan, plan_privacy
 from workers.learning.training import LocalTrainConfig
 
 log = logging.getLogger(__name__)
 _TRACER = tracer("fedbus.client")
 BUDGET_REASON = "privacy_budget"
+DATA_REASON = "data_unavailable"
 
 
 @dataclass(slots=True)
@@ -78,7 +80,13 @@ class ClientWorker:
             self._runs.pop(event.run_id, None)
 
     async def _on_round(self, event: RoundStarted) -> None:
-        memory = await self._memory(event)
+        try:
+            memory = await self._memory(event)
+        except DataUnavailable as exc:
+            # Retrying will not make the data appear: say so to the coordinator instead of poisoning the queue.
+            log.error("client %s cannot train round %s: %s", self.client_id, event.round, exc)
+            await self._decline(event, DATA_REASON)
+            return
         if (event.round, event.attempt) in memory.done or self._clock.now() > event.deadline:
             return
         memory.done.add((event.round, event.attempt))

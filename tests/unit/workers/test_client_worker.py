@@ -6,12 +6,14 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import pytest
 
 from contracts.envelope import Envelope
 from contracts.events import RoundStarted
 from contracts.tensor_codec import encode_with_manifest
 from workers.client.transport import Registration
 from workers.client.worker import ClientWorker
+from workers.learning.datasets import DataUnavailable
 from workers.learning.privacy import PrivacyLedger, plan_privacy
 from workers.learning.training import LocalTrainConfig, LocalTrainResult
 
@@ -116,3 +118,16 @@ def test_a_client_declines_a_round_that_would_pass_its_budget() -> None:
     assert transport.declines == [("r", 3, "privacy_budget")], (
         "the third would pass it: the ledger carried across rounds"
     )
+
+
+def test_a_client_without_its_data_declines_instead_of_failing(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, transport, trainer = worker()
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise DataUnavailable("dataset 'mnist' not found in /nowhere")
+
+    monkeypatch.setattr("workers.client.worker.partition_indices", missing)
+
+    asyncio.run(client.handle(round_started(1)))
+
+    assert transport.declines == [("r", 1, "data_unavailable")] and trainer.calls == []
