@@ -11,10 +11,13 @@ from contracts.compression import parse_compression
 from contracts.errors import ConfigError
 
 DATASETS = ("mnist", "cifar10")
+AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    # Only floats can be NaN; math.isnan(int) converts to float and overflows past 1e308.
+    nan = isinstance(value, float) and math.isnan(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or nan:
         raise ConfigError(name, f"must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
     below = value <= low if low_open else value < low
     if below or value > high:
@@ -59,6 +62,11 @@ class RoundConfig:
     momentum: float = 0.0
     max_update_norm: float | None = None
     max_update_bytes: int = 256 << 20
+    aggregator: str = "fedavg"  # one of AGGREGATORS; all but fedavg hold every update in memory
+    byzantine_f: int = 0  # Byzantine clients Krum tolerates
+    trim_fraction: float = 0.1  # trimmed_mean drops this fraction at each end, [0, 0.5)
+    clip_norm: float | None = None  # scale each update to this L2 norm at most before aggregating
+    max_sample_weight: int | None = None  # fedavg caps each client's num_samples weight at this
 
     def __post_init__(self) -> None:
         _check_range("round.clients_per_round", self.clients_per_round, 0.0, 1.0, low_open=True)
@@ -74,6 +82,24 @@ class RoundConfig:
         if self.max_update_norm is not None:
             _check_range("round.max_update_norm", self.max_update_norm, 0.0, 1e9, low_open=True)
         _check_int("round.max_update_bytes", self.max_update_bytes, 1024, 4 << 30)
+        self._check_aggregation()
+
+    def _check_aggregation(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            allowed = ", ".join(AGGREGATORS)
+            raise ConfigError("round.aggregator", f"unknown aggregator {self.aggregator!r:.100}; allowed: {allowed}")
+        _check_int("round.byzantine_f", self.byzantine_f, 0, 100_000)
+        _check_range("round.trim_fraction", self.trim_fraction, 0.0, 0.5)
+        if self.trim_fraction >= 0.5:
+            raise ConfigError("round.trim_fraction", f"must be in [0, 0.5), got {self.trim_fraction!r}")
+        if self.clip_norm is not None:
+            _check_range("round.clip_norm", self.clip_norm, 0.0, 1e9, low_open=True)
+        if self.max_sample_weight is not None:
+            _check_int("round.max_sample_weight", self.max_sample_weight, 1, 10_000_000)
+        if self.aggregator == "krum" and self.min_updates < 2 * self.byzantine_f + 3:
+            needed, f = 2 * self.byzantine_f + 3, self.byzantine_f
+            detail = f"must be >= 2 * byzantine_f + 3 = {needed} for krum with byzantine_f={f}, got {self.min_updates}"
+            raise ConfigError("round.min_updates", detail)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +122,9 @@ class RunConfig:
     round: RoundConfig = field(default_factory=RoundConfig)
 
     def __post_init__(self) -> None:
+        for name in ("dataset", "model", "partition", "compression"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r:.100}")
         parse_compression(self.compression)
         if self.dataset not in DATASETS:
             raise ConfigError("dataset", f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")

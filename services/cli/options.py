@@ -35,6 +35,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "batch_size": ("round", "batch_size"),
     "lr": ("round", "lr"),
     "momentum": ("round", "momentum"),
+    "aggregator": ("round", "aggregator"),
 }
 
 
@@ -59,6 +60,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help="expected local batch size (default 64)")
     add("--lr", type=float, help="local learning rate (default 0.1)")
     add("--momentum", type=float, help="local SGD momentum (default 0)")
+    add("--aggregator", help="fedavg, median, trimmed_mean or krum (default fedavg)")
     add("--target-accuracy", type=float, help="stop once the test accuracy reaches this (0-1)")
     add("--patience", type=int, help="stop after this many rounds without improvement (0: off)")
     add("--train-limit", type=int, help="use only the first N training samples (quick runs)")

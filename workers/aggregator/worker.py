@@ -17,6 +17,8 @@ from contracts.events import (
     ModelInitialized,
     QuorumReached,
     RoundAggregated,
+    RoundFailed,
+    RoundStarted,
     RunCreated,
     UpdateAccepted,
 )
@@ -25,7 +27,8 @@ from contracts.tensor_codec import decode_tensors, encode_with_manifest
 from ops.metrics import FedbusMetrics
 from ops.telemetry import context_of, current_traceparent, tracer
 from workers.aggregator.evaluator import PoolEvaluator
-from workers.learning.fedavg import StreamingFedAvg, apply_update
+from workers.learning.fedavg import apply_update
+from workers.learning.robust import aggregator_for
 
 log = logging.getLogger(__name__)
 _TRACER = tracer("fedbus.aggregator")
@@ -92,14 +95,28 @@ class AggregatorWorker:
         models = {e.model_version: e.model_digest for e in history if isinstance(e, ModelInitialized | RoundAggregated)}
         updates = {e.update_id: e for e in history if isinstance(e, UpdateAccepted)}
         base = decode_tensors(await self._log.get_blob(models[event.model_version]))
-        fedavg = StreamingFedAvg(max_weight=self._max_weight)
+        rules = config.round
+        aggregator = aggregator_for(
+            rules.aggregator,
+            f=rules.byzantine_f,
+            trim=rules.trim_fraction,
+            clip_norm=rules.clip_norm,
+            max_weight=self._max_weight if rules.max_sample_weight is None else rules.max_sample_weight,
+        )
         train_loss = 0.0
         for update_id in event.update_ids:
             accepted = updates[update_id]
             delta = decompress_update(await self._log.get_blob(accepted.digest))
-            await asyncio.to_thread(fedavg.add, delta, accepted.num_samples)
+            await asyncio.to_thread(aggregator.add, delta, accepted.num_samples)
             train_loss += float(accepted.metrics.get("loss", 0.0)) * accepted.num_samples
-        weights = apply_update(base, fedavg.result())
+        try:
+            combined = await asyncio.to_thread(aggregator.result)
+        except ValueError as exc:
+            # The rule cannot combine these updates (e.g. Krum with too few): fail the round so the
+            # coordinator retries it, instead of leaving it closed and never aggregated.
+            await self._fail(envelope, event, f"aggregation failed: {exc}")
+            return
+        weights = apply_update(base, combined)
         with _TRACER.start_as_current_span("evaluate"):
             metrics = await self._evaluator.evaluate(
                 weights, model=config.model, dataset=config.dataset, limit=config.eval_limit
@@ -111,7 +128,7 @@ class AggregatorWorker:
             round=event.round,
             model_version=event.model_version + 1,
             model_digest=manifest.digest,
-            num_updates=fedavg.count,
+            num_updates=aggregator.count,
             metrics=metrics,
             duration_s=time.perf_counter() - started,
         )
@@ -123,3 +140,12 @@ class AggregatorWorker:
                 if self._metrics is not None:
                     self._metrics.observe(done, time.time())
         log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)
+
+    async def _fail(self, envelope: Envelope, event: QuorumReached, reason: str) -> None:
+        history = [r.envelope.event for r in await self._log.read_stream(_stream(event.run_id))]
+        attempt = max((e.attempt for e in history if isinstance(e, RoundStarted) and e.round == event.round), default=1)
+        failed = RoundFailed(run_id=event.run_id, round=event.round, attempt=attempt, reason=reason[:300])
+        async with self._log.transaction() as uow:
+            if await uow.claim(CONSUMER, envelope.event_id):
+                await uow.append(_stream(event.run_id), [Envelope(event=failed, traceparent=current_traceparent())])
+        log.error("round %s of %s not aggregated: %s", event.round, event.run_id, reason)
