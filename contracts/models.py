@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from contracts.errors import ConfigError
+
+MAX_SAMPLES = 1 << 40  # far beyond any client's data; keeps weights and JSON numbers sane
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,7 +55,14 @@ class ModelUpdate:
             raise ConfigError("header.num_samples", f"must be >= 1, got {self.num_samples}")
         if self.total_size < 1:
             raise ConfigError("header.total_size", f"must be >= 1, got {self.total_size}")
+        if self.raw_bytes < 0:
+            raise ConfigError("header.raw_bytes", f"must be >= 0, got {self.raw_bytes}")
         if len(self.sha256) != 64:
             raise ConfigError("header.sha256", "must be 64 hex digits")
-        if self.epsilon is not None and not self.epsilon >= 0:
-            raise ConfigError("header.epsilon", f"must be >= 0, got {self.epsilon}")
+        if self.epsilon is not None and not 0 <= self.epsilon < math.inf:
+            raise ConfigError("header.epsilon", f"must be a finite number >= 0, got {self.epsilon}")
+        if self.num_samples > MAX_SAMPLES:
+            raise ConfigError("header.num_samples", f"must be <= {MAX_SAMPLES}, got {self.num_samples}")
+        for name, value in self.metrics.items():
+            if not math.isfinite(value):
+                raise ConfigError(f"header.metrics.{name}", f"must be finite, got {value}")
