@@ -22,6 +22,7 @@ MAX_MODEL_BYTES = 2 << 30
 
 
 RETRY_AFTER_KEY = "fedbus-retry-after-ms"  # the coordinator's load-shedding hint (services/coordinator/servicer.py)
+MASKED_ABORT = "Internal error from Core"
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -31,7 +32,11 @@ def _retryable(exc: BaseException) -> bool:
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         return True
     shed = any(key == RETRY_AFTER_KEY for key, _ in exc.trailing_metadata() or ())
-    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and shed
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and shed:
+        return True
+    # grpc.aio can report a server's early abort of a client stream as this INTERNAL error, hiding the real
+    # code (grpc/grpc#36066), e.g. load shedding of a multi-chunk upload: retrying recovers the real answer.
+    return exc.code() == grpc.StatusCode.INTERNAL and exc.details() == MASKED_ABORT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
