@@ -1,11 +1,12 @@
-"""Database spans: the SQLAlchemy instrumentation on the log's engine (PostgreSQL or SQLite)."""
+"""Database spans: the asyncpg instrumentation (PostgreSQL). The SQLAlchemy instrumentation does not support
+SQLAlchemy 2.1 yet, and the embedded SQLite log is not traced."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+def instrument_database() -> None:
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-def instrument_engine(engine: AsyncEngine) -> None:
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
-    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, enable_commenter=False)
+    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()

@@ -20,7 +20,7 @@ log = logging.getLogger("fedbus.aggregator")
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     event_log = await SqlEventLog.connect(settings.database_url, create=False)
-    observe("aggregator", settings.instance_name, event_log)
+    observe("aggregator", settings.instance_name, database=True)
     broker = await RabbitBroker.connect(settings.amqp_url)
     with process_pool(settings.workers) as executor:
         metrics = FedbusMetrics()

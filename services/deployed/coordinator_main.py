@@ -26,7 +26,7 @@ async def serve(settings: Settings, stop: asyncio.Event, run_config: RunConfig |
     settings.require("ENROLLMENT_TOKEN", "TOKEN_SECRET")
     tokens = TokenAuthority(secret=settings.token_secret.encode(), enrollment_token=settings.enrollment_token)
     event_log = await SqlEventLog.connect(settings.database_url, create=False)
-    observe("coordinator", settings.instance_name, event_log)
+    observe("coordinator", settings.instance_name, database=True)
     broker = await RabbitBroker.connect(settings.amqp_url)
     coordinator = Coordinator(event_log, partition_count=settings.partitions)
     serve_metrics(coordinator.metrics, settings.metrics_port)

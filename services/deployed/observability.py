@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from broker.telemetry import instrument_broker
 from ops.telemetry import configure_telemetry
-from persistence.sql_event_log import SqlEventLog
-from persistence.telemetry import instrument_engine
+from persistence.telemetry import instrument_database
 
 
-def observe(service: str, instance: str, event_log: SqlEventLog | None = None) -> None:
+def observe(service: str, instance: str, *, database: bool = False) -> None:
     configure_telemetry(f"fedbus-{service}", instance=instance)
     instrument_broker()
-    if event_log is not None:
-        instrument_engine(event_log.engine)
+    if database:
+        instrument_database()

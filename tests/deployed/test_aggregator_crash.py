@@ -36,6 +36,7 @@ def quorum_of_round_1(events: list[Event]) -> bool:
 
 async def kill_a_while_it_commits_round_1(deployment: Deployment, log: RunLog) -> list[Event]:
     """Kill aggregator A blocked in its commit of round 1; returns the log right after."""
+
     async def held_by_a() -> int:
         return await asyncio.to_thread(unacknowledged, deployment.vhost, "fedbus.aggregator")
 

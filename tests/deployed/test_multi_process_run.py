@@ -70,4 +70,3 @@ def model_chain(events: list[Event]) -> list[int]:
             assert latest is not None, "a round started before the initial model"
             assert (event.model_version, event.model_digest) == latest, f"round {event.round} starts off the chain"
     return versions
-

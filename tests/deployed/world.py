@@ -156,7 +156,7 @@ class RunLog:
         """Every event of the run's stream, in stream order."""
         return [r.envelope.event for r in await self.event_log.read_stream(f"run:{self.run_id}")]
 
-    async def until(self, condition: Callable[[list[Event]], bool], *, what: str, within: float = 300.0) -> list[Event]:
+    async def until(self, condition: Callable[[list[Event]], bool], *, what: str, within: float = 240.0) -> list[Event]:
         """The run's events once `condition` holds; AssertionError (with the processes' output) otherwise."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within

@@ -139,7 +139,7 @@ class AggregatorWorker:
                 self.aggregations += 1
                 if self._metrics is not None:
                     self._metrics.observe(done, time.time())
-        log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)
+                log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)
 
     async def _fail(self, envelope: Envelope, event: QuorumReached, reason: str) -> None:
         history = [r.envelope.event for r in await self._log.read_stream(_stream(event.run_id))]

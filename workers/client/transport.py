@@ -36,7 +36,7 @@ def _retryable(exc: BaseException) -> bool:
         return True
     # grpc.aio can report a server's early abort of a client stream as this INTERNAL error, hiding the real
     # code (grpc/grpc#36066), e.g. load shedding of a multi-chunk upload: retrying recovers the real answer.
-    return exc.code() == grpc.StatusCode.INTERNAL and exc.details() == MASKED_ABORT
+    return exc.code() == grpc.StatusCode.INTERNAL and bool(exc.details() == MASKED_ABORT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

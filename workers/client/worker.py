@@ -90,6 +90,14 @@ class ClientWorker:
         if (event.round, event.attempt) in memory.done or self._clock.now() > event.deadline:
             return
         memory.done.add((event.round, event.attempt))
+        try:
+            await self._train_and_upload(event, memory)
+        except BaseException:
+            # Not handled (e.g. the coordinator unreachable past the retries): the redelivery must try again.
+            memory.done.discard((event.round, event.attempt))
+            raise
+
+    async def _train_and_upload(self, event: RoundStarted, memory: RunMemory) -> None:
         train = event.train
         privacy = train["privacy"]
         plan = memory.plan
