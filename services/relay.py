@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 
+from broker.errors import Unroutable
 from contracts.errors import TransientError
 from contracts.ports import EventLog, Publisher
 from ops.telemetry import attached
@@ -35,7 +36,11 @@ class OutboxRelay:
         while pending := await self._log.unpublished(limit=self._batch):
             for recorded in pending:
                 with attached(recorded.envelope.traceparent):
-                    await self._publisher.publish(recorded.envelope)
+                    try:
+                        await self._publisher.publish(recorded.envelope)
+                    except Unroutable:
+                        # No queue binds this event (a topology without the inspect ring): nobody to tell.
+                        log.info("outbox relay: %s is unroutable; marking it published", recorded.envelope.type)
                 await self._log.mark_published([recorded.position])
                 sent += 1
         self.published += sent
@@ -47,6 +52,9 @@ class OutboxRelay:
                 await self.relay_once()
             except TransientError as exc:
                 log.warning("outbox relay: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("outbox relay failed; retrying")
                 await asyncio.sleep(1.0)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

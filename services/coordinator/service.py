@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from contracts.compression import decompress_update
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
-from contracts.errors import CodecError, ConcurrencyConflict
+from contracts.errors import CodecError, ConcurrencyConflict, TransientError
 from contracts.events import (
     ClientDeclined,
     ClientEvicted,
@@ -49,6 +50,7 @@ from services.coordinator.rules import (
 from services.coordinator.state import RoundState, RunState, state_from_created
 
 CONSUMER = "coordinator"
+log = logging.getLogger(__name__)
 _TRACER = tracer("fedbus.coordinator")
 
 
@@ -179,8 +181,14 @@ class Coordinator:
                 await self._commit(rid, self._next_events)
 
     async def tick_forever(self, interval: float = 0.2) -> None:
+        """Deadlines and grace periods close rounds even when no event arrives; a failed tick is retried."""
         while True:
-            await self.advance()
+            try:
+                await self.advance()
+            except TransientError as exc:
+                log.warning("coordinator tick: %s; retrying", exc)
+            except Exception:
+                log.exception("coordinator tick failed; retrying")
             await asyncio.sleep(interval)
 
     # -- models ---------------------------------------------------------------------------------
