@@ -70,11 +70,16 @@ def create_app(settings: ApiSettings, *, database: ApiDatabase | None = None) ->
     return app
 
 
-def close_app(app: Flask) -> None:
-    """End open event streams and release the database (its loop thread included)."""
+def end_streams(app: Flask) -> None:
+    """Ask open event streams to end (they check between polls)."""
     app.extensions["fedbus.closing"].set()
+
+
+def close_app(app: Flask) -> None:
+    """End open event streams and release the database (its loop thread included); idempotent."""
+    end_streams(app)
     database: ApiDatabase = app.extensions["fedbus.database"]
     database.close()
 
 
-__all__ = ["close_app", "create_app"]
+__all__ = ["close_app", "create_app", "end_streams"]

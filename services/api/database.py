@@ -16,7 +16,7 @@ from services.api.loop_thread import LoopThread
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Store:
     """What database work receives: the log (appends, read helpers) and the API's extra queries."""
 

@@ -83,6 +83,8 @@ def _known(error: Exception) -> Response:
     status = next(code for kind, code in STATUS_OF.items() if isinstance(error, kind))
     field = error.field if isinstance(error, ConfigError) else None
     message = error.message if isinstance(error, ConfigError) else str(error)
+    if status == 404:
+        message = f"not found: {message}"
     if status == 503:
         log.warning("database unavailable: %s", error)
         message = "the event log is unavailable; try again"

@@ -52,7 +52,10 @@ def parse_run_config(body: dict[str, Any]) -> RunConfig:
     for name, cls in (("privacy", PrivacyConfig), ("round", RoundConfig)):
         if isinstance(body.get(name), dict):
             _check_types(cls, f"{name}.", body[name])
-    return RunConfig.from_dict(body)
+    config = RunConfig.from_dict(body)
+    if not config.privacy.enabled:  # RunConfig skips these when off; the API's contract checks them always
+        dataclasses.replace(config.privacy, enabled=True)
+    return config
 
 
 @management.post("/runs")

@@ -10,13 +10,14 @@ from flask import request
 
 from services.api.errors import BadRequest
 
+MAX_POSITION: Final = 2**62  # log positions are BIGINT
 ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 
 
 def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     """An integer query parameter in [low, high], or `default` when absent."""
     text = request.args.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     return parse_int(name, text, low, high)
 
@@ -32,7 +33,7 @@ def parse_int(name: str, text: str, low: int, high: int) -> int:
 
 def str_arg(name: str, *, max_length: int = 200) -> str | None:
     text = request.args.get(name)
-    if text is None or text == "":
+    if text is None:
         return None
     if len(text) > max_length:
         raise BadRequest(f"{name} must be at most {max_length} characters", field=name)
@@ -61,4 +62,4 @@ def checked_id(name: str, value: Any) -> str:
     return value
 
 
-__all__ = ["ID_PATTERN", "checked_id", "int_arg", "json_object", "parse_int", "str_arg"]
+__all__ = ["ID_PATTERN", "MAX_POSITION", "checked_id", "int_arg", "json_object", "parse_int", "str_arg"]

@@ -11,6 +11,11 @@ Record = Mapping[str, Any]
 Json = dict[str, Any]
 
 
+def finite_doc(document: Json) -> Json:
+    """`finite` over a whole document."""
+    return {key: finite(value) for key, value in document.items()}
+
+
 def finite(value: Any) -> Any:
     """JSON has no NaN or Infinity: non-finite floats become null, recursively."""
     if isinstance(value, float):
@@ -28,7 +33,7 @@ def _rounds_planned(config: Any) -> int | None:
 
 
 def run_summary(row: Record) -> Json:
-    return finite(
+    return finite_doc(
         {
             "run_id": row["run_id"],
             "status": row["status"],
@@ -77,7 +82,7 @@ def rounds_view(
     for row in rounds:
         number, started = int(row["round"]), float(row["started_at"])
         views.append(
-            finite(
+            finite_doc(
                 {
                     "round": number,
                     "attempt": row["attempt"],
@@ -115,7 +120,7 @@ def rounds_view(
 
 
 def client_view(row: Record) -> Json:
-    return finite(
+    return finite_doc(
         {
             "client_id": row["client_id"],
             "partition_index": row["partition_index"],
@@ -132,7 +137,7 @@ def client_view(row: Record) -> Json:
 
 def event_view(row: Record) -> Json:
     fields = ("position", "event_id", "stream_id", "version", "type", "run_id", "round", "occurred_at", "traceparent")
-    return finite({name: row[name] for name in fields} | {"payload": row["payload"]})
+    return finite_doc({name: row[name] for name in fields} | {"payload": row["payload"]})
 
 
 def _number(value: Any) -> float | None:
@@ -157,8 +162,9 @@ def _noise_multiplier(accepted: Iterable[Record], section: Mapping[str, Any]) ->
 
 def privacy_view(run: Record, spent: Iterable[Record], accepted: Iterable[Record]) -> Json:
     """Per-client and run epsilon per round, budget left against the target, the noise multiplier if known."""
-    config = run["config"] if isinstance(run["config"], dict) else {}
-    section = config.get("privacy") if isinstance(config.get("privacy"), dict) else {}
+    config: dict[str, Any] = run["config"] if isinstance(run["config"], dict) else {}
+    found = config.get("privacy")
+    section: dict[str, Any] = found if isinstance(found, dict) else {}
     enabled = bool(section.get("enabled", True))
     target = _number(section.get("epsilon")) if enabled else None
     noise = _noise_multiplier(accepted, section)
@@ -177,7 +183,7 @@ def privacy_view(run: Record, spent: Iterable[Record], accepted: Iterable[Record
             }
         )
     run_spent = max(latest.values()) if latest else None
-    return finite(
+    return finite_doc(
         {
             "run_id": run["run_id"],
             "enabled": enabled,

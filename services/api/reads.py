@@ -11,7 +11,7 @@ from persistence.sql_api_queries import EventFilter
 from services.api import presenters
 from services.api.database import ApiDatabase, Store
 from services.api.errors import BadRequest, Missing
-from services.api.params import int_arg, parse_int, str_arg
+from services.api.params import MAX_POSITION, int_arg, parse_int, str_arg
 
 MAX_PAGE = 500
 MAX_ROUND = 10_000_000
@@ -91,7 +91,7 @@ def event_filter(*, default_after: int | None = 0) -> EventFilter:
     if kind is not None and kind not in EVENT_TYPES:
         raise BadRequest(f"type must be one of {', '.join(EVENT_TYPES)}", field="type")
     return EventFilter(
-        after=int_arg("after", default_after, 0, 2**62) or 0,
+        after=int_arg("after", default_after, 0, MAX_POSITION) or 0,
         limit=int_arg("limit", 100, 1, MAX_PAGE) or 100,
         run_id=str_arg("run_id"),
         round=int_arg("round", None, 0, MAX_ROUND),

@@ -10,13 +10,18 @@ import threading
 from types import FrameType
 from typing import Any
 
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from waitress import wasyncore
 from waitress.server import create_server
 
 from contracts.errors import ConfigError
-from services.api.app import close_app, create_app
+from ops.telemetry import configure_telemetry, shutdown_telemetry
+from persistence.telemetry import instrument_database
+from services.api.app import close_app, create_app, end_streams
 from services.api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+LOOP_POLL_S = 0.2
 
 
 def check_exposure(settings: ApiSettings) -> None:
@@ -37,6 +42,7 @@ class ApiServer:
             self.app, host=settings.host, port=settings.port, threads=settings.threads, ident="fedbus"
         )
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def port(self) -> int:
@@ -47,36 +53,50 @@ class ApiServer:
         return f"http://{self._server.effective_host}:{self.port}"
 
     def start(self) -> ApiServer:
-        self._thread = threading.Thread(target=self._server.run, name="fedbus-api-http", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="fedbus-api-http", daemon=True)
         self._thread.start()
         return self
+
+    def _serve(self) -> None:
+        # waitress's own run() never returns while connections are open; this loop checks a flag between polls
+        # and closes the sockets on its own thread (closing them from another one races with the poll).
+        sockets = self._server._map
+        while not self._stopping.is_set():
+            wasyncore.loop(timeout=LOOP_POLL_S, use_poll=True, map=sockets, count=1)
+        wasyncore.close_all(sockets)
 
     def run(self) -> None:
         """Serve on the calling thread until SIGINT/SIGTERM."""
         self._server.run()
 
     def close(self) -> None:
-        close_app(self.app)  # ends open event streams first, so worker threads come free
-        self._server.close()
-        self._server.task_dispatcher.shutdown(timeout=5)
+        """End open event streams, stop the socket loop, let the workers finish, then release the database."""
+        end_streams(self.app)
+        self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=5)  # the loop sees the flag within LOOP_POLL_S
+        self._server.task_dispatcher.shutdown(timeout=5)
+        close_app(self.app)
 
 
 def api_command(args: argparse.Namespace) -> int:
     """`fedbus api`: settings from the environment, --database-url/--host/--port from flags."""
     settings = ApiSettings.from_env(database_url=args.database_url, host=args.host, port=args.port)
+    configure_telemetry("fedbus-api")
+    instrument_database()
     server = ApiServer(settings)
+    FlaskInstrumentor().instrument_app(server.app)  # type: ignore[no-untyped-call]
 
     def stop(signum: int, frame: FrameType | None) -> None:
         sys.exit(0)  # waitress's loop ends on SystemExit and shuts its task threads down
 
     signal.signal(signal.SIGTERM, stop)
-    log.warning("fedbus api serving on %s (database %s)", server.url, settings.database_url.rsplit("@", 1)[-1])
+    print(f"fedbus api: serving on {server.url} (database {settings.database_url.rsplit('@', 1)[-1]})", file=sys.stderr)
     try:
         server.run()
     finally:
         close_app(server.app)
+        shutdown_telemetry()
     return 0
 
 

@@ -21,7 +21,7 @@ from contracts.errors import TransientError
 from persistence.sql_api_queries import EventFilter
 from services.api import presenters
 from services.api.database import ApiDatabase, StoreWork
-from services.api.params import parse_int
+from services.api.params import MAX_POSITION, parse_int
 from services.api.reads import event_filter
 from services.api.settings import ApiSettings
 
@@ -42,8 +42,8 @@ def _start(database: ApiDatabase) -> EventFilter:
     resume = request.headers.get("Last-Event-ID")
     page = event_filter(default_after=None)
     if resume:
-        after = parse_int("Last-Event-ID", resume, 0, 2**62)
-    elif request.args.get("after"):
+        after = parse_int("Last-Event-ID", resume, 0, MAX_POSITION)
+    elif "after" in request.args:
         after = page.after
     else:
         after = database.call(lambda store: store.queries.head(), CALL_TIMEOUT_S)  # only what comes next

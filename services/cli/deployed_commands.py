@@ -46,6 +46,12 @@ def up(args: argparse.Namespace) -> int:
     return up_command(args)
 
 
+def api(args: argparse.Namespace) -> int:
+    from services.api.server import api_command
+
+    return api_command(args)
+
+
 def db(args: argparse.Namespace) -> int:
     from persistence.migrations import upgrade
     from persistence.sql_admin import ensure_database
@@ -76,5 +82,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "aggregator": aggregator,
     "client": client,
     "up": up,
+    "api": api,
     "db": db,
 }

@@ -70,6 +70,19 @@ def _add_deployed(commands: argparse._SubParsersAction[_Parser]) -> None:
     add_run_options(up)
     up.add_argument("--aggregators", type=int, default=2, help="aggregator processes (default 2)")
     up.add_argument("--out", type=Path, default=Path("runs/up"), help="output folder (default runs/up)")
+    api = commands.add_parser(
+        "api",
+        help="serve the monitoring and management API and the dashboard",
+        description="REST, server-sent events, the dashboard and /metrics over the event log (PostgreSQL, or the "
+        "SQLite fedbus.db of an embedded run). Bearer tokens from FEDBUS_API_TOKENS=token:role,... (roles viewer, "
+        "admin) or FEDBUS_API_TOKENS_FILE; without tokens reads are open, management is off and only loopback "
+        "may be bound. /readyz also checks FEDBUS_AMQP_URL when it is set.",
+        epilog=epilog,
+        formatter_class=fmt,
+    )
+    api.add_argument("--database-url", help="event log URL (default $FEDBUS_DATABASE_URL)")
+    api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
     db = commands.add_parser("db", help="event log maintenance", epilog=epilog, formatter_class=fmt)
     db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     db_commands.add_parser("upgrade", help="apply the Alembic migrations to FEDBUS_DATABASE_URL")
