@@ -46,6 +46,7 @@ async def run_embedded(
     workers: int | None = None,
     data_dir: str | None = None,
     progress: Progress | None = None,
+    on_log_ready: Callable[[Path], None] | None = None,
 ) -> EmbeddedResult:
     """Run one federated training to completion and return what the log recorded."""
     out.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,8 @@ async def run_embedded(
     workers = workers or max(1, min(os.cpu_count() or 1, config.clients))
     clock = SystemClock()
     log = await SqlEventLog.connect(f"sqlite+aiosqlite:///{database}")
+    if on_log_ready is not None:
+        on_log_ready(database)  # e.g. `--serve`: the API reads the same SQLite log while the run writes it
     broker = InMemoryBroker()
     tokens = TokenAuthority.generate()
     coordinator = Coordinator(log, partition_count=config.clients, clock=clock)

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(run)
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default runs/latest)")
     run.add_argument("--workers", type=int, help="training processes (default: the number of cores)")
+    run.add_argument(
+        "--serve", type=int, metavar="PORT", help="serve the dashboard and API on 127.0.0.1:PORT during the run"
+    )
     run.add_argument("--data-dir", help="dataset folder (default $FEDBUS_DATA_DIR, then ~/.cache/fedbus/data)")
     _add_deployed(commands)
     return parser

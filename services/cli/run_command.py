@@ -17,6 +17,8 @@ from contracts.envelope import RecordedEvent
 from contracts.errors import ConfigError
 from contracts.events import ClientDeclined, RoundAggregated, RoundFailed, RoundStarted, RunCompleted, UpdateAccepted
 from contracts.tensor_codec import decode_tensors
+from services.api.server import ApiServer
+from services.api.settings import ApiSettings
 from services.cli.options import config_from
 from services.cli.report import round_rows, summary, write_metrics, write_plot
 from services.embedded import run_embedded
@@ -84,9 +86,28 @@ def run_command(args: argparse.Namespace) -> int:
         f"{dp}, compression {config.compression}, up to {config.rounds} rounds -> {out}"
     )
     started = time.perf_counter()
-    result = asyncio.run(
-        run_embedded(config, out, workers=args.workers, data_dir=data_dir, progress=ProgressPrinter(console))
-    )
+    api: list[ApiServer] = []
+
+    def serve(database: Path) -> None:
+        if args.serve is not None:
+            settings = ApiSettings.from_env(database_url=f"sqlite+aiosqlite:///{database}", port=args.serve)
+            api.append(ApiServer(settings).start())
+            console.print(f"dashboard and API: {api[0].url}/ (while the run lasts)")
+
+    try:
+        result = asyncio.run(
+            run_embedded(
+                config,
+                out,
+                workers=args.workers,
+                data_dir=data_dir,
+                progress=ProgressPrinter(console),
+                on_log_ready=serve,
+            )
+        )
+    finally:
+        for server in api:
+            server.close()
     wall = time.perf_counter() - started
     rows = round_rows(result.events)
     write_metrics(out, rows)

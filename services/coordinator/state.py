@@ -43,7 +43,9 @@ class RoundState:
 
     @property
     def responded(self) -> int:
-        return len(self.accepted) + len(self.rejected) + len(self.declined)
+        """Selected clients that answered; a client refused and then accepted, or not selected, counts once or not."""
+        answered = set(self.accepted) | self.rejected | self.declined
+        return len(answered.intersection(self.selected))
 
 
 @dataclass(slots=True)

@@ -82,3 +82,33 @@ def test_missing_data_says_where_it_looked(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert str(env_dir) in done.stderr and "FEDBUS_DATA_DIR" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_run_serve_exposes_the_api_on_the_live_sqlite_log(tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FEDBUS_DATA_DIR": DATA, "OMP_NUM_THREADS": "1"}
+    args = ["run", "--clients", "2", "--rounds", "2", "--train-limit", "1200", "--eval-limit", "300", "--no-dp",
+            "--serve", str(port), "--out", str(tmp_path / "run")]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], env=env, stderr=subprocess.PIPE)
+    runs: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not runs and process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/runs", timeout=2) as reply:
+                    runs = json.loads(reply.read())["runs"]
+            except OSError:
+                time.sleep(0.2)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+
+    assert runs and runs[0]["run_id"].startswith("run-"), stderr  # type: ignore[union-attr]
+    assert process.returncode == 0, stderr
