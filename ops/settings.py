@@ -38,6 +38,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "TLS_CLIENT_CERT": ("", "client: its certificate for mTLS"),
     "TLS_CLIENT_KEY": ("", "client: its private key for mTLS"),
     "MAX_UPLOADS": ("64", "coordinator: uploads in flight before new ones are shed (RESOURCE_EXHAUSTED)"),
+    "STATE_DIR": ("", "client: folder of its privacy ledgers, kept across restarts (default ~/.local/state/fedbus)"),
     "METRICS_PORT": ("0", "port of the Prometheus /metrics endpoint of this process (0: off)"),
 }
 SECRETS = ("ENROLLMENT_TOKEN", "TOKEN_SECRET")
@@ -80,6 +81,7 @@ class Settings:
     wait_clients: int
     run_id: str | None
     metrics_port: int
+    state_dir: Path
     max_uploads: int
     server_tls: ServerTls | None
     client_tls: ClientTls | None
@@ -103,6 +105,7 @@ class Settings:
             wait_clients=_int(env, "WAIT_CLIENTS", 0),
             run_id=_value(env, "RUN_ID") or None,
             metrics_port=_int(env, "METRICS_PORT", 0),
+            state_dir=Path(_value(env, "STATE_DIR") or Path.home() / ".local" / "state" / "fedbus"),
             max_uploads=_int(env, "MAX_UPLOADS", 1),
             server_tls=_server_tls(env),
             client_tls=_client_tls(env),

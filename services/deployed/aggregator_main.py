@@ -21,7 +21,7 @@ log = logging.getLogger("fedbus.aggregator")
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     event_log = await SqlEventLog.connect(settings.database_url, create=False)
     observe("aggregator", settings.instance_name, database=True)
-    broker = await RabbitBroker.connect(settings.amqp_url)
+    broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30)
     with process_pool(settings.workers) as executor:
         metrics = FedbusMetrics()
         serve_metrics(metrics, settings.metrics_port)

@@ -14,6 +14,7 @@ from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
 from services.deployed.observability import observe
 from services.deployed.pool import process_pool
+from workers.client.ledger_store import LedgerStore
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.client.worker import ClientWorker
@@ -24,7 +25,8 @@ log = logging.getLogger("fedbus.client")
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     settings.require("ENROLLMENT_TOKEN")
     observe("client", settings.instance_name)
-    transport = FederationClient(settings.grpc_address, tls=settings.client_tls)
+    # Generous retries: a coordinator restart or a slow start must not make the client give up or drop an update.
+    transport = FederationClient(settings.grpc_address, tls=settings.client_tls, attempts=12)
     capabilities = ClientCapabilities(device="cpu", cores=os.cpu_count() or 1, hostname=socket.gethostname())
     registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
     log.info(
@@ -33,10 +35,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         registration.partition_index,
         registration.partition_count,
     )
-    broker = await RabbitBroker.connect(settings.amqp_url)
+    broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30)
     with process_pool(settings.workers) as executor:
+        ledgers = LedgerStore(settings.state_dir, registration.client_id)
         worker = ClientWorker(
-            transport, PoolTrainer(executor), registration, data_dir=settings.data_dir, clock=SystemClock()
+            transport,
+            PoolTrainer(executor),
+            registration,
+            data_dir=settings.data_dir,
+            clock=SystemClock(),
+            ledgers=ledgers,
         )
         queue = await broker.ensure_client_queue(registration.client_id)
         consumer = await broker.consume(queue, worker.handle, prefetch=1)

@@ -27,7 +27,7 @@ async def serve(settings: Settings, stop: asyncio.Event, run_config: RunConfig |
     tokens = TokenAuthority(secret=settings.token_secret.encode(), enrollment_token=settings.enrollment_token)
     event_log = await SqlEventLog.connect(settings.database_url, create=False)
     observe("coordinator", settings.instance_name, database=True)
-    broker = await RabbitBroker.connect(settings.amqp_url)
+    broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30)
     coordinator = Coordinator(event_log, partition_count=settings.partitions)
     serve_metrics(coordinator.metrics, settings.metrics_port)
     await coordinator.recover()

@@ -18,6 +18,7 @@ from contracts.ports import Clock
 from contracts.tensor_codec import decode_tensors, sha256_hex
 from contracts.tensors import TensorDict
 from ops.telemetry import context_of, tracer
+from workers.client.ledger_store import LedgerStore
 from workers.client.trainer import PoolTrainer, partition_indices
 from workers.client.transport import FederationClient, Registration
 from workers.learning.datasets import DataUnavailable
@@ -51,7 +52,9 @@ class ClientWorker:
         *,
         data_dir: str | None,
         clock: Clock,
+        ledgers: LedgerStore | None = None,
     ) -> None:
+        self._ledgers = ledgers
         self._transport = transport
         self._trainer = trainer
         self._registration = registration
@@ -129,6 +132,9 @@ class ClientWorker:
         with _TRACER.start_as_current_span("train", attributes={"fedbus.samples": len(memory.indices)}):
             result = await self._trainer.train(base, memory.indices, config, memory.ledger)
         memory.ledger = result.ledger if plan is not None else None
+        if memory.ledger is not None and self._ledgers is not None:
+            # Spent once the noisy model exists, whether or not the upload then succeeds.
+            await asyncio.to_thread(self._ledgers.save, event.run_id, memory.ledger)
         spec = parse_compression(str(train["compression"]))
         with _TRACER.start_as_current_span("compress", attributes={"fedbus.codec": str(spec)}):
             compressed = await asyncio.to_thread(compress_update, result.delta, spec, memory.feedback)
@@ -187,7 +193,8 @@ class ClientWorker:
                     epochs_per_round=int(train["epochs"]),
                     rounds=int(train["rounds"]),
                 )
-            self._runs[event.run_id] = RunMemory(run_id=event.run_id, indices=indices, plan=plan)
+            kept = await asyncio.to_thread(self._ledgers.load, event.run_id) if self._ledgers and plan else None
+            self._runs[event.run_id] = RunMemory(run_id=event.run_id, indices=indices, plan=plan, ledger=kept)
         return self._runs[event.run_id]
 
     async def _model(self, event: RoundStarted) -> TensorDict:

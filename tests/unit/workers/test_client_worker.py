@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from contracts.envelope import Envelope
 from contracts.events import RoundStarted
 from contracts.tensor_codec import encode_with_manifest
+from workers.client.ledger_store import LedgerStore
 from workers.client.transport import Registration
 from workers.client.worker import ClientWorker
 from workers.learning.datasets import DataUnavailable
@@ -77,10 +79,11 @@ def round_started(round_: int, *, epsilon: float = 3.0) -> Envelope:
     return Envelope(event=event)
 
 
-def worker() -> tuple[ClientWorker, RecordingTransport, FixedTrainer]:
+def worker(ledgers: LedgerStore | None = None) -> tuple[ClientWorker, RecordingTransport, FixedTrainer]:
     transport, trainer = RecordingTransport(), FixedTrainer()
     registration = Registration(client_id="c-1", token="t", partition_index=0, partition_count=2)
-    return ClientWorker(transport, trainer, registration, data_dir=None, clock=Clock()), transport, trainer  # type: ignore[arg-type]
+    client = ClientWorker(transport, trainer, registration, data_dir=None, clock=Clock(), ledgers=ledgers)  # type: ignore[arg-type]
+    return client, transport, trainer
 
 
 def test_a_selected_client_trains_with_the_planned_noise_and_uploads() -> None:
@@ -131,3 +134,23 @@ def test_a_client_without_its_data_declines_instead_of_failing(monkeypatch: pyte
     asyncio.run(client.handle(round_started(1)))
 
     assert transport.declines == [("r", 1, "data_unavailable")] and trainer.calls == []
+
+
+def test_a_restarted_client_keeps_counting_its_epsilon(tmp_path: Path) -> None:
+    store = LedgerStore(tmp_path, "c-1")
+    transports = []
+    for round_ in (1, 2, 3):  # a fresh process (worker) for every round, the same disk
+        client, transport, _ = worker(store)
+        asyncio.run(client.handle(round_started(round_, epsilon=0.5)))
+        transports.append(transport)
+
+    assert [len(t.uploads) for t in transports] == [1, 1, 0]
+    assert transports[2].declines == [("r", 3, "privacy_budget")]
+    assert store.load("r") is not None and store.load("other-run") is None
+
+
+def test_an_unreadable_ledger_is_an_error_not_a_fresh_budget(tmp_path: Path) -> None:
+    (tmp_path / "privacy-ledger-c-1.json").write_text("{not json")
+
+    with pytest.raises(OSError, match="privacy ledger"):
+        LedgerStore(tmp_path, "c-1").load("r")
