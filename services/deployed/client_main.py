@@ -35,7 +35,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         registration.partition_index,
         registration.partition_count,
     )
-    broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30)
+    # The coordinator declared the shared topology before serving gRPC; a client may only declare its own queue.
+    broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30, declare_topology=False)
     with process_pool(settings.workers) as executor:
         ledgers = LedgerStore(settings.state_dir, registration.client_id)
         worker = ClientWorker(

@@ -1,0 +1,72 @@
+"""compose.yaml end to end: three client replicas finish a two-round DP run, and the round's events
+can be read from the `fedbus.inspect` queue through the RabbitMQ management API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.compose.conftest import Stack
+
+# The first test also waits for the fixture: machine setup, the image build and the stack start.
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(3600)]
+
+RUN_DEADLINE_S = 900.0
+ROUND_EVENTS = (
+    ("round.started", "RoundStarted"),
+    ("round.quorum_reached", "QuorumReached"),
+    ("round.aggregated", "RoundAggregated"),
+)
+ADMIN = ("admin", "fedbus-admin-dev")  # compose.yaml's development default
+
+
+def _completed_run(stack: Stack) -> dict[str, Any]:
+    """Poll the event log until the run completed; fail with the services' logs at the deadline."""
+    started = time.monotonic()
+    query = f"SELECT payload FROM events WHERE type = 'RunCompleted' AND run_id = '{stack.run_id}'"
+    while time.monotonic() - started < RUN_DEADLINE_S:
+        rows = stack.sql(query)
+        if rows:
+            stack.timings.setdefault("run", time.monotonic() - started)
+            payload: dict[str, Any] = json.loads(rows[0])
+            return payload
+        time.sleep(5)
+    pytest.fail(f"run {stack.run_id} did not complete within {RUN_DEADLINE_S:.0f}s:\n{stack.logs()}")
+
+
+def _inspect_messages(stack: Stack) -> list[dict[str, Any]]:
+    """Every message in fedbus.inspect, requeued (the management UI's "Get messages", Nack requeue)."""
+    url = f"http://127.0.0.1:{stack.ports['FEDBUS_RABBITMQ_UI_PORT']}/api/queues/fedbus/fedbus.inspect/get"
+    body = json.dumps({"count": 10_000, "ackmode": "ack_requeue_true", "encoding": "base64", "truncate": 64})
+    request = urllib.request.Request(url, data=body.encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        messages: list[dict[str, Any]] = json.loads(response.read())
+    return messages
+
+
+def test_three_client_replicas_complete_a_private_run(stack: Stack) -> None:
+    completed = _completed_run(stack)
+
+    registered = [json.loads(row) for row in stack.sql("SELECT payload FROM events WHERE type = 'ClientRegistered'")]
+    assert completed["rounds"] == 2
+    assert len({event["client_id"] for event in registered}) == 3
+    assert len({event["capabilities"]["hostname"] for event in registered}) == 3  # three containers
+
+
+def test_round_events_of_the_run_are_readable_in_the_inspect_queue(stack: Stack) -> None:
+    _completed_run(stack)
+
+    messages = _inspect_messages(stack)
+
+    of_run = [m for m in messages if m["properties"].get("headers", {}).get("run_id") == stack.run_id]
+    seen = {(m["routing_key"], m["properties"].get("type"), m["properties"]["headers"].get("round")) for m in of_run}
+    assert {(key, type_name, r) for key, type_name in ROUND_EVENTS for r in (1, 2)} <= seen
