@@ -7,6 +7,10 @@ from typing import Any, Final
 
 JsonDict = dict[str, Any]
 
+# Reasons a client gives in ClientDeclined; the coordinator stops selecting a client out of budget.
+DECLINE_PRIVACY_BUDGET: Final = "privacy_budget"
+DECLINE_DATA_UNAVAILABLE: Final = "data_unavailable"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunCreated:

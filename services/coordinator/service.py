@@ -49,7 +49,6 @@ from services.coordinator.rules import (
 )
 from services.coordinator.state import RoundState, RunState, state_from_created
 
-CONSUMER = "coordinator"
 log = logging.getLogger(__name__)
 _TRACER = tracer("fedbus.coordinator")
 

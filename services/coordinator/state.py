@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from contracts.config import RunConfig
 from contracts.events import (
+    DECLINE_PRIVACY_BUDGET,
     ClientDeclined,
     Event,
     ModelInitialized,
@@ -18,8 +19,6 @@ from contracts.events import (
     UpdateAccepted,
     UpdateRejected,
 )
-
-BUDGET_REASON = "privacy_budget"
 
 
 @dataclass(slots=True)
@@ -94,7 +93,7 @@ class RunState:
                 assert self.current is not None
                 self.current.rejected.add(event.client_id)
             case ClientDeclined():
-                if event.reason == BUDGET_REASON:
+                if event.reason == DECLINE_PRIVACY_BUDGET:
                     self.exhausted.add(event.client_id)
                 if self._is_current(event.round):
                     assert self.current is not None

@@ -12,7 +12,7 @@ import numpy as np
 
 from contracts.compression import ErrorFeedback, compress_update, parse_compression
 from contracts.envelope import Envelope
-from contracts.events import RoundStarted, RunCompleted
+from contracts.events import DECLINE_DATA_UNAVAILABLE, DECLINE_PRIVACY_BUDGET, RoundStarted, RunCompleted
 from contracts.models import ModelUpdate
 from contracts.ports import Clock
 from contracts.tensor_codec import decode_tensors, sha256_hex
@@ -27,8 +27,6 @@ from workers.learning.training import LocalTrainConfig
 
 log = logging.getLogger(__name__)
 _TRACER = tracer("fedbus.client")
-BUDGET_REASON = "privacy_budget"
-DATA_REASON = "data_unavailable"
 
 
 @dataclass(slots=True)
@@ -88,7 +86,7 @@ class ClientWorker:
         except DataUnavailable as exc:
             # Retrying will not make the data appear: say so to the coordinator instead of poisoning the queue.
             log.error("client %s cannot train round %s: %s", self.client_id, event.round, exc)
-            await self._decline(event, DATA_REASON)
+            await self._decline(event, DECLINE_DATA_UNAVAILABLE)
             return
         if (event.round, event.attempt) in memory.done or self._clock.now() > event.deadline:
             return
@@ -111,7 +109,7 @@ class ClientWorker:
             )
             if after > float(privacy["epsilon"]) * (1 + 1e-6):
                 log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)
-                await self._decline(event, BUDGET_REASON)
+                await self._decline(event, DECLINE_PRIVACY_BUDGET)
                 return
         with _TRACER.start_as_current_span("download model"):
             base = await self._model(event)
