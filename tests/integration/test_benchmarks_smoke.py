@@ -13,7 +13,19 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     assert main(["--profile", "smoke", "--out", str(out)]) == 0
 
     text = out.read_text()
-    sections = ("## Aggregation throughput", "## Compression", "## Framework overhead of local DP training", "## Load")
+    sections = (
+        "## Aggregation throughput",
+        "## Compression",
+        "## Framework overhead of local DP training",
+        "## Load",
+        "## Privacy-utility trade-off",
+        "## Federated vs centralized DP training",
+        "## Compression and accuracy",
+        "## Latency with stragglers and slow uplinks",
+    )
     for section in sections:
         assert section in text
     assert "Machine: " in text and "| int8 |" in text
+    assert "| IID | no DP |" in text and "| centralized |" in text and "| topk:0.01+int8 |" in text
+    assert "| 10 | synchronous |" in text and "| 10 | fedbus |" in text
+    assert (tmp_path / "privacy_utility.png").stat().st_size > 0 and (tmp_path / "latency.png").stat().st_size > 0

@@ -11,6 +11,7 @@ and the reported one agree.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -52,6 +53,12 @@ def derive_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate:
         raise ConfigError("sample_rate", f"must be in (0, 1], got {sample_rate}")
     if steps < 1:
         raise ConfigError("steps", f"must be at least 1, got {steps}")
+    return _search_noise(target_epsilon, delta, sample_rate, steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    # ~1 s of CPU per search; clients with the same plan (an IID split) share one result per process.
     try:
         with warnings.catch_warnings():
             # The bisection visits huge sigmas whose best RDP order is the largest one; that warning is noise.

@@ -1,0 +1,86 @@
+"""A federated run for the benchmarks: `services.embedded.federate` on a shared process pool.
+
+The benchmarks run many short trainings back to back, so the pool is passed in and shared (its workers keep
+MNIST loaded); `trainer_for` and `transport_for` let the latency benchmark slow clients and links down.
+Everything else is the product's code: gRPC on loopback, a SQLite log, the in-memory broker, the relay and
+the coordinator's ticks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from contracts.config import PrivacyConfig, RoundConfig, RunConfig
+from services.cli.report import RoundRow, round_rows
+from services.embedded import TrainerFactory, TransportFactory, plain_transport, pool_trainer
+from services.embedded import federate as embedded_federate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederatedResult:
+    """Per-round rows of one run, why it stopped, and its wall time from start to RunCompleted."""
+
+    rows: list[RoundRow]
+    reason: str
+    wall_s: float
+
+
+def bench_config(
+    *,
+    clients: int,
+    rounds: int,
+    train_limit: int | None,
+    eval_limit: int | None,
+    epsilon: float | None = 3.0,
+    partition: str = "iid",
+    compression: str = "int8",
+    quorum: float = 1.0,
+    target_accuracy: float | None = None,
+    batch_size: int = 128,
+) -> RunConfig:
+    """mnist_dp_cnn with the DP-SGD settings tuned for it (lr 0.5, momentum 0.5, clip 1.0); epsilon None: no DP."""
+    privacy = PrivacyConfig(enabled=epsilon is not None, epsilon=epsilon or 3.0, delta=1e-5, max_grad_norm=1.0)
+    return RunConfig(
+        clients=clients,
+        rounds=rounds,
+        partition=partition,
+        compression=compression,
+        train_limit=train_limit,
+        eval_limit=eval_limit,
+        target_accuracy=target_accuracy,
+        privacy=privacy,
+        round=RoundConfig(
+            quorum=quorum, grace_s=0.0, timeout_s=900.0, batch_size=batch_size, lr=0.5, momentum=0.5, local_epochs=1
+        ),
+    )
+
+
+def reached(rows: list[RoundRow], target: float) -> RoundRow | None:
+    """The first round whose test accuracy is at least `target`."""
+    return next((row for row in rows if row.accuracy >= target), None)
+
+
+def federate(
+    config: RunConfig,
+    executor: Executor,
+    *,
+    data_dir: str | None,
+    trainer_for: TrainerFactory = pool_trainer,
+    transport_for: TransportFactory = plain_transport,
+) -> FederatedResult:
+    """Run one federated training to completion in a temporary folder and return its rounds."""
+    with tempfile.TemporaryDirectory(prefix="fedbus-bench-") as folder:
+        started = time.perf_counter()
+        result = asyncio.run(
+            embedded_federate(
+                config, Path(folder), executor, data_dir=data_dir, trainer_for=trainer_for, transport_for=transport_for
+            )
+        )
+        return FederatedResult(
+            rows=round_rows(result.events), reason=result.reason, wall_s=time.perf_counter() - started
+        )

@@ -1,0 +1,59 @@
+"""The benchmark figures as PNGs beside docs/benchmarks.md.
+
+matplotlib's object API (a bare Figure) renders through Agg on savefig and touches no global pyplot state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+
+
+def privacy_utility(
+    path: Path, curves: Mapping[str, Sequence[tuple[float, float]]], no_dp: Mapping[str, float], title: str
+) -> Path:
+    """Final test accuracy against epsilon, one line per partition; no-DP accuracy as a dashed level."""
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.subplots()
+    epsilons = sorted({e for points in curves.values() for e, _ in points})
+    for (label, points), color in zip(curves.items(), COLORS, strict=False):
+        ax.plot([e for e, _ in points], [a for _, a in points], marker="o", color=color, label=f"{label}, DP")
+        if label in no_dp:
+            ax.axhline(no_dp[label], linestyle="--", color=color, alpha=0.7, label=f"{label}, no DP")
+    ax.set_xscale("log")
+    ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
+    ax.minorticks_off()
+    ax.set_xlabel("epsilon (delta = 1e-5, log scale)")
+    ax.set_ylabel("final test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def accuracy_over_time(path: Path, curves: Mapping[tuple[str, str], Sequence[tuple[float, float]]], title: str) -> Path:
+    """Test accuracy against wall-clock seconds, one line per (group, mode): a colour per group, a style per mode."""
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.subplots()
+    colors = dict(zip(dict.fromkeys(group for group, _ in curves), COLORS, strict=False))
+    modes = list(dict.fromkeys(mode for _, mode in curves))
+    for (group, mode), points in curves.items():
+        style = ("--", "-", ":")[modes.index(mode) % 3]
+        x, y = [t for t, _ in points], [a for _, a in points]
+        ax.plot(x, y, style, marker="o", markersize=3, color=colors.get(group, "black"), label=f"{mode}, {group}")
+    ax.set_xlabel("wall-clock seconds since the run started")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
