@@ -1,0 +1,119 @@
+"""The per-service RabbitMQ users of ops/rabbitmq/definitions.json, applied to the real broker: a client
+can declare, bind and read its own queue and nothing else, and cannot publish events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import aio_pika
+import aio_pika.abc
+import aiormq.exceptions
+import pytest
+
+from broker.rabbitmq import RabbitBroker
+from contracts.envelope import Envelope
+from contracts.events import RoundStarted
+from tests.support.rabbitmq import fresh_vhost
+
+DEFINITIONS = Path(__file__).resolve().parents[2] / "ops" / "rabbitmq" / "definitions.json"
+pytestmark = pytest.mark.integration
+
+
+def _ctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def users() -> Iterator[dict[str, str]]:
+    """AMQP URLs of `coordinator` and `client` on a fresh vhost, with the definitions' permissions."""
+    permissions = {p["user"]: p for p in json.loads(DEFINITIONS.read_text())["permissions"]}
+    with fresh_vhost("fedbus-perms") as guest_url:
+        vhost = guest_url.rsplit("/", 1)[1]
+        names = {role: f"fedbus-test-{role}-{uuid.uuid4().hex[:6]}" for role in ("coordinator", "client")}
+        try:
+            for role, name in names.items():
+                _ctl("add_user", name, "test-password")
+                grant = permissions[role]
+                _ctl(
+                    "set_permissions",
+                    "-p",
+                    vhost.replace("%2F", "/"),
+                    name,
+                    grant["configure"],
+                    grant["write"],
+                    grant["read"],
+                )
+            yield {role: f"amqp://{name}:test-password@127.0.0.1:5672/{vhost}" for role, name in names.items()}
+        finally:
+            for name in names.values():
+                subprocess.run(["rabbitmqctl", "delete_user", name], capture_output=True, timeout=60)
+
+
+async def _refused(url: str, action: str) -> bool:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        if action == "consume":
+            queue = await channel.get_queue("fedbus.aggregator", ensure=False)
+
+            async def ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                return None
+
+            await queue.consume(ignore)
+        elif action == "read-inspect":
+            queue = await channel.get_queue("fedbus.inspect", ensure=False)
+            await queue.get(fail=False)
+        elif action == "publish":
+            exchange = await channel.get_exchange("fedbus.events", ensure=False)
+            await exchange.publish(aio_pika.Message(b"x"), routing_key="round.quorum_reached", timeout=10)
+        elif action == "declare-other":
+            await channel.declare_queue("fedbus.aggregator-evil", durable=True)
+        return False
+    except aiormq.exceptions.ChannelAccessRefused:
+        return True
+    finally:
+        await connection.close()
+
+
+def test_a_client_user_reads_only_its_own_queue_and_publishes_nothing(users: dict[str, str]) -> None:
+    async def scenario() -> None:
+        coordinator = await RabbitBroker.connect(users["coordinator"])  # declares the shared topology
+        client = await RabbitBroker.connect(users["client"], declare_topology=False)
+        received: list[Envelope] = []
+        try:
+            queue = await client.ensure_client_queue("c-perm")
+
+            async def handle(envelope: Envelope) -> None:
+                received.append(envelope)
+
+            await client.consume(queue, handle)
+            started = RoundStarted(
+                run_id="r", round=1, attempt=1, model_version=0, model_digest="d", selected=("c-perm",),
+                deadline=0.0, train={},
+            )  # fmt: skip
+            await coordinator.publish(Envelope(event=started))
+            for _ in range(200):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await client.close()
+            await coordinator.close()
+        assert [e.event for e in received] == [started]
+        for action in ("consume", "read-inspect", "publish", "declare-other"):
+            assert await _refused(users["client"], action), f"a client user could {action}"
+
+    asyncio.run(scenario())
+
+
+def test_the_definitions_quote_vhost_names_we_use() -> None:
+    definitions = json.loads(DEFINITIONS.read_text())
+    assert quote(definitions["vhosts"][0]["name"]) == "fedbus"
+    assert {u["name"] for u in definitions["users"]} >= {"coordinator", "aggregator", "client", "api"}
+    assert "guest" not in {u["name"] for u in definitions["users"]}
