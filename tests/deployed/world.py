@@ -7,9 +7,11 @@ wait gives up early, with every process's output tail, when a process the test d
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +54,28 @@ def run_toml(config: Mapping[str, Any]) -> str:
         if isinstance(values, Mapping):
             lines += ["", f"[run.{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def process_env(
+    *, amqp_url: str, database_url: str, data_dir: str, config_path: Path, run_id: str, port: int
+) -> dict[str, str]:
+    """The environment every fedbus process of a test deployment shares."""
+    return {
+        **os.environ,
+        "FEDBUS_AMQP_URL": amqp_url,
+        "FEDBUS_DATABASE_URL": database_url,
+        "FEDBUS_GRPC_BIND": f"127.0.0.1:{port}",
+        "FEDBUS_GRPC_ADDRESS": f"127.0.0.1:{port}",
+        "FEDBUS_ENROLLMENT_TOKEN": uuid.uuid4().hex,
+        "FEDBUS_TOKEN_SECRET": uuid.uuid4().hex,
+        "FEDBUS_RUN_CONFIG": str(config_path),
+        "FEDBUS_RUN_ID": run_id,
+        "FEDBUS_DATA_DIR": data_dir,
+        "FEDBUS_DOWNLOAD": "0",
+        "FEDBUS_WORKERS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def of_type(events: list[Event], kind: type[E]) -> list[E]:

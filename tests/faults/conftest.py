@@ -7,7 +7,6 @@ the MNIST files are missing, unless FEDBUS_REQUIRE_SERVICES=1.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.deployed.conftest import PG_ADMIN_URL, amqp_url, data_dir, database_url, vhost_of
-from tests.deployed.world import Deployment
+from tests.deployed.world import Deployment, process_env
 from tests.faults.proxy_thread import ProxyThread
 from tests.support.processes import Fleet, free_port
 from tests.support.rabbitmq import rabbitmq_address
@@ -52,22 +51,14 @@ def faulty(amqp_url: str, database_url: str, data_dir: str, tmp_path: Path) -> I
     run_id = f"run-{uuid.uuid4().hex[:10]}"
     port = free_port()
     config_path = tmp_path / "run.toml"
-    env = {
-        **os.environ,
-        "FEDBUS_AMQP_URL": proxied,
-        "FEDBUS_DATABASE_URL": database_url,
-        "FEDBUS_GRPC_BIND": f"127.0.0.1:{port}",
-        "FEDBUS_GRPC_ADDRESS": f"127.0.0.1:{port}",
-        "FEDBUS_ENROLLMENT_TOKEN": uuid.uuid4().hex,
-        "FEDBUS_TOKEN_SECRET": uuid.uuid4().hex,
-        "FEDBUS_RUN_CONFIG": str(config_path),
-        "FEDBUS_RUN_ID": run_id,
-        "FEDBUS_DATA_DIR": data_dir,
-        "FEDBUS_DOWNLOAD": "0",
-        "FEDBUS_WORKERS": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = process_env(
+        amqp_url=proxied,
+        database_url=database_url,
+        data_dir=data_dir,
+        config_path=config_path,
+        run_id=run_id,
+        port=port,
+    )
     fleet = Fleet(tmp_path / "logs", env)
     world = Deployment(
         fleet=fleet,

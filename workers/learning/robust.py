@@ -8,6 +8,7 @@ reported by the client, and weighting by it would hand a Byzantine client a leve
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -81,7 +82,7 @@ class _Clipped:
         return self._inner.result()
 
 
-class _Stacked:
+class _Stacked(abc.ABC):
     """Keeps every update as one flat float32 row (keys in sorted order); subclasses combine the rows."""
 
     def __init__(self) -> None:
@@ -121,8 +122,9 @@ class _Stacked:
             start += size
         return out
 
+    @abc.abstractmethod
     def _combine(self) -> Float32Array:
-        raise NotImplementedError
+        """The rule itself, over the stacked rows (one per client)."""
 
     def _blocks(self) -> Iterator[tuple[slice, Float32Array]]:
         """(columns, matrix of shape (clients, len(columns))) over the flat rows, block by block."""
