@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -21,6 +23,8 @@ from services.coordinator.tokens import PermissionDenied, TokenAuthority, Unauth
 CHUNK_SIZE = 1 << 20
 RETRY_AFTER_KEY = "fedbus-retry-after-ms"
 RETRY_AFTER_MS = 200
+DRAIN_BYTES = 4 << 20  # what a refused upload may still send before the refusal goes out
+DRAIN_SECONDS = 2.0
 
 
 def bearer(context: grpc.aio.ServicerContext[object, object]) -> str:
@@ -121,6 +125,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 raise PermissionDenied(f"token of {client_id} cannot upload as {header.client_id}")
             ticket = await self._coordinator.begin_upload(client_id, header)
         except Exception as exc:
+            await _drain(request_iterator)
             await context.abort(*status_of(exc))
         assert first is not None
         try:
@@ -166,6 +171,23 @@ class FederationServicer(pb_grpc.FederationServicer):
         except Exception as exc:
             await context.abort(*status_of(exc))
         return pb.DeclineReply()
+
+
+async def _drain(chunks: AsyncIterator[pb.UpdateChunk]) -> None:
+    """Read (and drop) what the client is still sending, up to a bound, before refusing its upload.
+
+    grpc.aio clients can see INTERNAL "Internal error from Core" instead of the server's status when the
+    server ends a client stream while the client is still writing (grpc/grpc#36066); a small upload drained
+    to its end gets its real status. Past the bound the refusal goes out anyway (the client may then see
+    INTERNAL and retries it, see workers/client/transport.py).
+    """
+    seen = 0
+    with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, grpc.aio.AbortError, StopAsyncIteration):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in chunks:
+                seen += len(chunk.data)
+                if seen > DRAIN_BYTES:
+                    return
 
 
 def _header(h: pb.UpdateHeader) -> ModelUpdate:
