@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import msgpack
 import pytest
 
-from broker.bus import Broker
 from broker.errors import Unroutable
 from broker.in_memory_broker import InMemoryBroker
 from broker.messages import QueuedMessage
-from broker.rabbitmq import RabbitBroker
 from broker.topology import Topology, build_topology, topic_matches
 from contracts.envelope import Envelope
 from contracts.errors import TransientError
@@ -27,10 +24,9 @@ from contracts.events import (
     RunCompleted,
     RunCreated,
 )
+from tests.support.brokers import OpenBroker, broker_opener
 from tests.support.polling import eventually
 from tests.support.rabbitmq import fresh_vhost
-
-OpenBroker = Callable[[Topology], AbstractAsyncContextManager[Broker]]
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +37,7 @@ def rabbitmq_url() -> Iterator[str]:
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.integration)])
 def open_broker(request: pytest.FixtureRequest) -> OpenBroker:
-    url = request.getfixturevalue("rabbitmq_url") if request.param == "rabbitmq" else None
-
-    @asynccontextmanager
-    async def opened(topology: Topology) -> AsyncIterator[Broker]:
-        broker: Broker
-        if url is None:
-            broker = InMemoryBroker(topology=topology)
-        else:
-            broker = await RabbitBroker.connect(url, topology=topology, publish_timeout=5.0)
-        try:
-            yield broker
-        finally:
-            await broker.close()
-
-    return opened
+    return broker_opener(request.getfixturevalue("rabbitmq_url") if request.param == "rabbitmq" else None)
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:

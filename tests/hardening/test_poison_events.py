@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import msgpack
@@ -15,19 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.bus import Broker
 from broker.disposition import Disposition, settle
-from broker.in_memory_broker import InMemoryBroker
-from broker.rabbitmq import RabbitBroker
-from broker.topology import Topology, build_topology
+from broker.topology import build_topology
 from contracts.envelope import Envelope
 from contracts.event_codec import encode_envelope, event_to_dict
 from contracts.events import QuorumReached, RunCreated
 from tests.hardening.tally import Tally
+from tests.support.brokers import OpenBroker, broker_opener
 from tests.support.polling import eventually
 from tests.support.rabbitmq import fresh_vhost
 
-OpenBroker = Callable[[Topology], AbstractAsyncContextManager[Broker]]
 TALLY = Tally("poison_events")
 
 
@@ -67,21 +63,7 @@ def rabbitmq_url() -> Iterator[str]:
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.integration)])
 def open_broker(request: pytest.FixtureRequest) -> OpenBroker:
-    url = request.getfixturevalue("rabbitmq_url") if request.param == "rabbitmq" else None
-
-    @asynccontextmanager
-    async def opened(topology: Topology) -> AsyncIterator[Broker]:
-        broker: Broker
-        if url is None:
-            broker = InMemoryBroker(topology=topology)
-        else:
-            broker = await RabbitBroker.connect(url, topology=topology, publish_timeout=5.0)
-        try:
-            yield broker
-        finally:
-            await broker.close()
-
-    return opened
+    return broker_opener(request.getfixturevalue("rabbitmq_url") if request.param == "rabbitmq" else None)
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
