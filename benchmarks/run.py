@@ -19,9 +19,12 @@ from benchmarks import (
     latency,
     load,
     privacy_utility,
+    scale,
     training,
 )
 from benchmarks.machine import machine
+from contracts.errors import TransientError
+from ops.settings import Settings
 from services.deployed.pool import process_pool
 
 
@@ -44,6 +47,9 @@ class Profile:
     latency_rounds: int
     latency_target: float
     device_s: float
+    scale_clients: tuple[int, ...]
+    scale_rounds: int
+    scale_model: str
 
 
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, None)
@@ -51,17 +57,20 @@ PROFILES = {
     "full": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=None, eval_limit=None,
         rounds=15, epsilons=EPSILONS, codec_rounds=15, codec_target=0.97, latency_clients=(10, 25, 50),
-        latency_rounds=30, latency_target=0.95, device_s=1.0,
+        latency_rounds=30, latency_target=0.95, device_s=1.0, scale_clients=(10, 25, 50, 100, 200), scale_rounds=5,
+        scale_model="mnist_cnn",
     ),
     "quick": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=6000, eval_limit=2000,
         rounds=4, epsilons=EPSILONS, codec_rounds=6, codec_target=0.9, latency_clients=(10, 25),
-        latency_rounds=12, latency_target=0.8, device_s=0.5,
+        latency_rounds=12, latency_target=0.8, device_s=0.5, scale_clients=(10, 25, 50, 100, 200), scale_rounds=3,
+        scale_model="mnist_cnn",
     ),
     "smoke": Profile(
         updates=3, params=10_000, repeats=1, samples=300, clients=10, train_limit=100, eval_limit=100,
         rounds=1, epsilons=(1.0, None), codec_rounds=1, codec_target=0.5, latency_clients=(10,),
-        latency_rounds=1, latency_target=0.5, device_s=0.05,
+        latency_rounds=1, latency_target=0.5, device_s=0.05, scale_clients=(3,), scale_rounds=1,
+        scale_model="mnist_dp_cnn",
     ),
 }  # fmt: skip
 
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=data_dir, samples=p.samples, batch=64, repeats=min(3, p.repeats))),
         *_section("Load: concurrent uploads to one coordinator", lambda: load.run(clients=p.clients, max_uploads=64)),
         *_federated_sections(p, data_dir, folder),
+        *_section("Scale on RabbitMQ and PostgreSQL", lambda: _scale(p, data_dir)),
     ]  # fmt: skip
     args.out.write_text("\n".join(sections))
     print("\n".join(sections))
@@ -142,6 +152,18 @@ def _federated_sections(p: Profile, data_dir: str | None, folder: Path) -> list[
             ),
         )
     return lines  # fmt: skip
+
+
+def _scale(p: Profile, data_dir: str | None) -> list[str]:
+    """The deployed scale benchmark, or one line saying why it could not run (no RabbitMQ or PostgreSQL here)."""
+    settings = Settings.from_env()
+    try:
+        return scale.run(
+            client_counts=p.scale_clients, rounds=p.scale_rounds, model=p.scale_model, eval_limit=500,
+            data_dir=data_dir, amqp_url=settings.amqp_url, database_url=settings.database_url,
+        )  # fmt: skip
+    except (OSError, TransientError) as exc:
+        return [f"Not measured: RabbitMQ or PostgreSQL unreachable ({type(exc).__name__}: {exc})."]
 
 
 def _section(title: str, body: Callable[[], list[str]]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from benchmarks.run import main
@@ -22,6 +23,7 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
         "## Federated vs centralized DP training",
         "## Compression and accuracy",
         "## Latency with stragglers and slow uplinks",
+        "## Scale on RabbitMQ and PostgreSQL",
     )
     for section in sections:
         assert section in text
@@ -29,3 +31,5 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     assert "| IID | no DP |" in text and "| centralized |" in text and "| topk:0.01+int8 |" in text
     assert "| 10 | synchronous |" in text and "| 10 | fedbus |" in text
     assert (tmp_path / "privacy_utility.png").stat().st_size > 0 and (tmp_path / "latency.png").stat().st_size > 0
+    if os.environ.get("FEDBUS_REQUIRE_SERVICES") == "1":  # CI: the deployed scale run happened on real services
+        assert "| 3 | " in text and "aggregator's peak memory" in text
