@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +78,84 @@ PROFILES = {
 }  # fmt: skip
 
 
+@dataclass(slots=True, kw_only=True)
+class Context:
+    """What the sections share in one run: the sizes, the data, the output folder and the training pool."""
+
+    p: Profile
+    data_dir: str | None
+    folder: Path
+    pool: Executor | None = None
+    workers: int = 1
+    sweep: privacy_utility.Sweep | None = None
+
+    @property
+    def executor(self) -> Executor:
+        assert self.pool is not None, "a pooled section ran without the pool"
+        return self.pool
+
+    @property
+    def sizes(self) -> dict[str, int | None]:
+        return {"train_limit": self.p.train_limit, "eval_limit": self.p.eval_limit}
+
+
+def _privacy(c: Context) -> list[str]:
+    lines, c.sweep = privacy_utility.run(
+        c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.rounds, epsilons=c.p.epsilons,
+        partitions=("iid", "dirichlet:0.5"), plot=c.folder / "privacy_utility.png", **c.sizes,
+    )  # fmt: skip
+    return lines
+
+
+def _centralized(c: Context) -> list[str]:
+    epsilon = 3.0 if 3.0 in c.p.epsilons else next(e for e in c.p.epsilons if e is not None)
+    federated = c.sweep.results.get(("iid", epsilon)) if c.sweep is not None else None
+    return centralized.run(
+        c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.rounds, epsilon=epsilon, workers=c.workers,
+        federated=federated, **c.sizes,
+    )  # fmt: skip
+
+
+# name -> (title, body, needs the training pool); `--only` picks names, the order here is the page's.
+SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
+    "aggregation": ("Aggregation throughput", lambda c: aggregation.run(
+        updates=c.p.updates, params=c.p.params, repeats=c.p.repeats), False),
+    "compression": ("Compression", lambda c: compression.run(
+        data_dir=c.data_dir, model="mnist_dp_cnn", repeats=c.p.repeats), False),
+    "training": ("Framework overhead of local DP training", lambda c: training.run(
+        data_dir=c.data_dir, samples=c.p.samples, batch=64, repeats=min(3, c.p.repeats)), False),
+    "load": ("Load: concurrent uploads to one coordinator", lambda c: load.run(
+        clients=c.p.clients, max_uploads=64), False),
+    "privacy": ("Privacy-utility trade-off", _privacy, True),
+    "centralized": ("Federated vs centralized DP training", _centralized, True),
+    "codecs": ("Compression and accuracy", lambda c: compression_accuracy.run(
+        c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.codec_rounds, target=c.p.codec_target,
+        **c.sizes), True),
+    "latency": ("Latency with stragglers and slow uplinks", lambda c: latency.run(
+        c.executor, data_dir=c.data_dir, client_counts=c.p.latency_clients, rounds=c.p.latency_rounds,
+        target=c.p.latency_target, base_compute_s=c.p.device_s, plot=c.folder / "latency.png", **c.sizes), True),
+    "scale": ("Scale on RabbitMQ and PostgreSQL", lambda c: _scale(c.p, c.data_dir), False),
+}  # fmt: skip
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--only", type=_names, default=list(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
-    p = PROFILES[args.profile]
-    data_dir = os.environ.get("FEDBUS_DATA_DIR")
-    command = "make bench" if args.profile == "quick" else "python -m benchmarks.run " + shlex.join(sys.argv[1:])
-    folder: Path = args.out.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    sections = [
+    context = Context(p=PROFILES[args.profile], data_dir=os.environ.get("FEDBUS_DATA_DIR"), folder=args.out.parent)
+    command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    context.folder.mkdir(parents=True, exist_ok=True)
+    lines = [
         "# fedbus benchmarks",
         "",
         f"Command: `{command}` (profile `{args.profile}`)  ",
@@ -93,65 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Timings are wall-clock on a shared machine; each table was measured side by side in one run.",
         "",
-        *_section("Aggregation throughput", lambda: aggregation.run(
-            updates=p.updates, params=p.params, repeats=p.repeats)),
-        *_section("Compression", lambda: compression.run(data_dir=data_dir, model="mnist_dp_cnn", repeats=p.repeats)),
-        *_section("Framework overhead of local DP training", lambda: training.run(
-            data_dir=data_dir, samples=p.samples, batch=64, repeats=min(3, p.repeats))),
-        *_section("Load: concurrent uploads to one coordinator", lambda: load.run(clients=p.clients, max_uploads=64)),
-        *_federated_sections(p, data_dir, folder),
-        *_section("Scale on RabbitMQ and PostgreSQL", lambda: _scale(p, data_dir)),
     ]  # fmt: skip
-    args.out.write_text("\n".join(sections))
-    print("\n".join(sections))
+    chosen = [name for name in SECTIONS if name in args.only]
+    with contextlib.ExitStack() as stack:
+        if any(SECTIONS[name][2] for name in chosen):
+            # One pool for every training section: its workers keep MNIST loaded between runs.
+            context.workers = max(1, min(os.cpu_count() or 1, 8))
+            context.pool = stack.enter_context(process_pool(context.workers))
+        for name in chosen:
+            title, body, _pooled = SECTIONS[name]
+            lines += _section(title, functools.partial(body, context))
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
     return 0
-
-
-def _federated_sections(p: Profile, data_dir: str | None, folder: Path) -> list[str]:
-    """The sections that train federations, sharing one process pool (its workers keep MNIST loaded)."""
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    sizes = {"train_limit": p.train_limit, "eval_limit": p.eval_limit}
-    with process_pool(workers) as pool:
-        started = time.perf_counter()
-        sweep_lines, sweep = privacy_utility.run(
-            pool, data_dir=data_dir, clients=10, rounds=p.rounds, epsilons=p.epsilons,
-            partitions=("iid", "dirichlet:0.5"), plot=folder / "privacy_utility.png", **sizes,
-        )  # fmt: skip
-        lines = ["## Privacy-utility trade-off", "", *sweep_lines, "", _took(started), ""]
-        epsilon = 3.0 if 3.0 in p.epsilons else next(e for e in p.epsilons if e is not None)
-        lines += _section(
-            "Federated vs centralized DP training",
-            lambda: centralized.run(
-                pool,
-                data_dir=data_dir,
-                clients=10,
-                rounds=p.rounds,
-                epsilon=epsilon,
-                workers=workers,
-                federated=sweep.results.get(("iid", epsilon)),
-                **sizes,
-            ),
-        )
-        lines += _section(
-            "Compression and accuracy",
-            lambda: compression_accuracy.run(
-                pool, data_dir=data_dir, clients=10, rounds=p.codec_rounds, target=p.codec_target, **sizes
-            ),
-        )
-        lines += _section(
-            "Latency with stragglers and slow uplinks",
-            lambda: latency.run(
-                pool,
-                data_dir=data_dir,
-                client_counts=p.latency_clients,
-                rounds=p.latency_rounds,
-                target=p.latency_target,
-                base_compute_s=p.device_s,
-                plot=folder / "latency.png",
-                **sizes,
-            ),
-        )
-    return lines  # fmt: skip
 
 
 def _scale(p: Profile, data_dir: str | None) -> list[str]:
