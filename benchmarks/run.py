@@ -26,9 +26,10 @@ from benchmarks import (
     training,
 )
 from benchmarks.machine import machine
-from contracts.errors import TransientError
+from contracts.errors import ConfigError, TransientError
 from ops.settings import Settings
 from services.deployed.pool import process_pool
+from workers.learning.training import check_device
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +86,7 @@ class Context:
     p: Profile
     data_dir: str | None
     folder: Path
+    device: str = "cpu"
     pool: Executor | None = None
     workers: int = 1
     sweep: privacy_utility.Sweep | None = None
@@ -123,7 +125,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
     "compression": ("Compression", lambda c: compression.run(
         data_dir=c.data_dir, model="mnist_dp_cnn", repeats=c.p.repeats), False),
     "training": ("Framework overhead of local DP training", lambda c: training.run(
-        data_dir=c.data_dir, samples=c.p.samples, batch=64, repeats=min(3, c.p.repeats)), False),
+        data_dir=c.data_dir, samples=c.p.samples, batch=64, repeats=min(3, c.p.repeats), device=c.device), False),
     "load": ("Load: concurrent uploads to one coordinator", lambda c: load.run(
         clients=c.p.clients, max_uploads=64), False),
     "privacy": ("Privacy-utility trade-off", _privacy, True),
@@ -150,16 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--device", default="cpu", help="where the training sections train: cpu, cuda or cuda:N")
     parser.add_argument("--only", type=_names, default=list(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
-    context = Context(p=PROFILES[args.profile], data_dir=os.environ.get("FEDBUS_DATA_DIR"), folder=args.out.parent)
+    try:
+        device = check_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    context = Context(
+        p=PROFILES[args.profile], data_dir=os.environ.get("FEDBUS_DATA_DIR"), folder=args.out.parent, device=device
+    )
     command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     context.folder.mkdir(parents=True, exist_ok=True)
     lines = [
         "# fedbus benchmarks",
         "",
         f"Command: `{command}` (profile `{args.profile}`)  ",
-        f"Machine: {machine()}",
+        f"Machine: {machine()}; training on `{context.device}`",
         "",
         "Timings are wall-clock on a shared machine; each table was measured side by side in one run.",
         "",
@@ -169,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(SECTIONS[name][2] for name in chosen):
             # One pool for every training section: its workers keep MNIST loaded between runs.
             context.workers = max(1, min(os.cpu_count() or 1, 8))
-            context.pool = stack.enter_context(process_pool(context.workers))
+            context.pool = stack.enter_context(process_pool(context.workers, context.device))
         for name in chosen:
             title, body, _pooled = SECTIONS[name]
             lines += _section(title, functools.partial(body, context))

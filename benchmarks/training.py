@@ -15,10 +15,10 @@ from workers.learning.models import build_model
 from workers.learning.training import LocalTrainConfig, initial_weights, train_local
 
 
-def bare_opacus(data_dir: str | None, samples: int, batch: int) -> float:
+def bare_opacus(data_dir: str | None, samples: int, batch: int, device: str) -> float:
     data = load_dataset("mnist", train=True, data_dir=data_dir)
     x, y = data.batch(np.arange(samples))
-    model = build_model("mnist_dp_cnn", seed=0)
+    model = build_model("mnist_dp_cnn", seed=0).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch)
     model, optimizer, loader = PrivacyEngine().make_private(
@@ -32,6 +32,7 @@ def bare_opacus(data_dir: str | None, samples: int, batch: int) -> float:
     criterion = nn.CrossEntropyLoss()
     started, seen = time.perf_counter(), 0
     for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
         optimizer.zero_grad()
         criterion(model(xb), yb).backward()
         optimizer.step()
@@ -39,27 +40,34 @@ def bare_opacus(data_dir: str | None, samples: int, batch: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def fedbus_local(data_dir: str | None, samples: int, batch: int) -> float:
+def fedbus_local(data_dir: str | None, samples: int, batch: int, device: str) -> float:
     config = LocalTrainConfig(
-        model="mnist_dp_cnn", dataset="mnist", data_dir=data_dir, batch_size=batch, lr=0.5, noise_multiplier=1.0
+        model="mnist_dp_cnn",
+        dataset="mnist",
+        data_dir=data_dir,
+        batch_size=batch,
+        lr=0.5,
+        noise_multiplier=1.0,
+        device=device,
     )
     result = train_local(initial_weights("mnist_dp_cnn", seed=0), np.arange(samples), config, None)
     return result.num_samples / result.metrics["train_seconds"] if result.metrics["train_seconds"] else 0.0
 
 
-def run(*, data_dir: str | None, samples: int, batch: int, repeats: int) -> list[str]:
+def run(*, data_dir: str | None, samples: int, batch: int, repeats: int, device: str = "cpu") -> list[str]:
     torch.set_num_threads(1)
-    fedbus_local(data_dir, min(samples, 256), batch)  # warm-up: first-call costs of torch and Opacus
-    bare_opacus(data_dir, min(samples, 256), batch)
+    fedbus_local(data_dir, min(samples, 256), batch, device)  # warm-up: first-call costs of torch and Opacus
+    bare_opacus(data_dir, min(samples, 256), batch, device)
     ours, bare = [], []
     for _ in range(repeats):  # interleaved, so both see the same machine load
-        ours.append(fedbus_local(data_dir, samples, batch))
-        bare.append(bare_opacus(data_dir, samples, batch))
+        ours.append(fedbus_local(data_dir, samples, batch, device))
+        bare.append(bare_opacus(data_dir, samples, batch, device))
     ours.sort()
     bare.sort()
     med = len(ours) // 2
     return [
-        f"`mnist_dp_cnn`, {samples:,} samples, expected batch {batch}, Poisson sampling, one torch thread, CPU.",
+        f"`mnist_dp_cnn`, {samples:,} samples, expected batch {batch}, Poisson sampling, one torch thread, "
+        f"device `{device}`.",
         "",
         "| loop | samples/s min / median / max |",
         "|---|---|",

@@ -28,6 +28,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "INSTANCE_NAME": ("", "client: a stable name to get the same identity back after a restart"),
     "DATA_DIR": ("", "dataset folder (default ~/.cache/fedbus/data)"),
     "WORKERS": ("1", "training/evaluation processes in this process"),
+    "DEVICE": ("cpu", "client/aggregator: where those processes train and evaluate: cpu, cuda or cuda:N"),
     "RUN_CONFIG": ("", "coordinator: a TOML run config to start once enough clients registered"),
     "WAIT_CLIENTS": ("0", "coordinator: clients to wait for before starting RUN_CONFIG (0: its clients)"),
     "RUN_ID": ("", "coordinator: the id of the run it starts (default: generated)"),
@@ -77,6 +78,7 @@ class Settings:
     instance_name: str
     data_dir: str | None
     workers: int
+    device: str
     run_config: Path | None
     wait_clients: int
     run_id: str | None
@@ -101,6 +103,7 @@ class Settings:
             instance_name=_value(env, "INSTANCE_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             data_dir=_value(env, "DATA_DIR") or None,
             workers=_int(env, "WORKERS", 1),
+            device=_value(env, "DEVICE"),
             run_config=Path(run_config) if run_config else None,
             wait_clients=_int(env, "WAIT_CLIENTS", 0),
             run_id=_value(env, "RUN_ID") or None,

@@ -58,12 +58,13 @@ async def run_embedded(
     *,
     workers: int | None = None,
     data_dir: str | None = None,
+    device: str = "cpu",
     progress: Progress | None = None,
     on_log_ready: Callable[[Path], None] | None = None,
 ) -> EmbeddedResult:
     """Run one federated training to completion in a process pool of its own; returns what the log recorded."""
     workers = workers or max(1, min(os.cpu_count() or 1, config.clients))
-    with process_pool(workers) as executor:
+    with process_pool(workers, device) as executor:
         return await federate(config, out, executor, data_dir=data_dir, progress=progress, on_log_ready=on_log_ready)
 
 

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve", type=int, metavar="PORT", help="serve the dashboard and API on 127.0.0.1:PORT during the run"
     )
     run.add_argument("--data-dir", help="dataset folder (default $FEDBUS_DATA_DIR, then ~/.cache/fedbus/data)")
+    run.add_argument(
+        "--device", default="cpu", help="where clients train and the model is evaluated: cpu (default), cuda or cuda:N"
+    )
     _add_deployed(commands)
     return parser
 

@@ -26,10 +26,12 @@ from workers.learning.checkpoint import save_checkpoint
 from workers.learning.datasets import load_dataset
 from workers.learning.models import MODEL_DATASET, check_model_name
 from workers.learning.partition import validate_partition_scheme
+from workers.learning.training import check_device
 
 
-def preflight(config: RunConfig, data_dir: str | None) -> None:
+def preflight(config: RunConfig, data_dir: str | None, device: str = "cpu") -> None:
     """Fail fast, before any process starts, on what only the learning code can check."""
+    check_device(device)
     check_model_name(config.model)
     if MODEL_DATASET[config.model] != config.dataset:
         raise ConfigError("model", f"{config.model} trains on {MODEL_DATASET[config.model]}, not {config.dataset}")
@@ -77,7 +79,7 @@ class ProgressPrinter:
 def run_command(args: argparse.Namespace) -> int:
     config = config_from(args)
     data_dir = args.data_dir or os.environ.get("FEDBUS_DATA_DIR")
-    preflight(config, data_dir)
+    preflight(config, data_dir, args.device)
     console = Console()
     out: Path = args.out
     dp = f"DP epsilon<={config.privacy.epsilon} delta={config.privacy.delta}" if config.privacy.enabled else "no DP"
@@ -101,6 +103,7 @@ def run_command(args: argparse.Namespace) -> int:
                 out,
                 workers=args.workers,
                 data_dir=data_dir,
+                device=args.device,
                 progress=ProgressPrinter(console),
                 on_log_ready=serve,
             )

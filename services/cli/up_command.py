@@ -129,7 +129,8 @@ async def _follow(event_log: SqlEventLog, run_id: str, fleet: Fleet, progress: P
 
 def up_command(args: argparse.Namespace) -> int:
     config = config_from(args)
-    preflight(config, Settings.from_env().data_dir)
+    settings = Settings.from_env()
+    preflight(config, settings.data_dir, settings.device)
     console = Console()
     started = time.perf_counter()
     try:

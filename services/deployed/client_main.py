@@ -18,16 +18,18 @@ from workers.client.ledger_store import LedgerStore
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.client.worker import ClientWorker
+from workers.learning.training import check_device
 
 log = logging.getLogger("fedbus.client")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     settings.require("ENROLLMENT_TOKEN")
+    check_device(settings.device)
     observe("client", settings.instance_name)
     # Generous retries: a coordinator restart or a slow start must not make the client give up or drop an update.
     transport = FederationClient(settings.grpc_address, tls=settings.client_tls, attempts=12)
-    capabilities = ClientCapabilities(device="cpu", cores=os.cpu_count() or 1, hostname=socket.gethostname())
+    capabilities = ClientCapabilities(device=settings.device, cores=os.cpu_count() or 1, hostname=socket.gethostname())
     registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
     log.info(
         "registered as %s (partition %s/%s)",
@@ -37,7 +39,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     )
     # The coordinator declared the shared topology before serving gRPC; a client may only declare its own queue.
     broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30, declare_topology=False)
-    with process_pool(settings.workers) as executor:
+    with process_pool(settings.workers, settings.device) as executor:
         ledgers = LedgerStore(settings.state_dir, registration.client_id)
         worker = ClientWorker(
             transport,

@@ -11,9 +11,13 @@ from workers.learning.training import init_worker
 
 
 @contextlib.contextmanager
-def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+def process_pool(workers: int, device: str = "cpu") -> Iterator[ProcessPoolExecutor]:
+    """`device` ("cpu", "cuda", "cuda:N") is where the workers train and evaluate."""
     executor = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(device,),
     )
     try:
         yield executor

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,7 +84,10 @@ def test_zz_write_the_tally() -> None:
 def test_the_cli_refuses_invalid_flags_with_exit_2_and_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "FEDBUS_DATA_DIR": "/work/shared/datasets", "OMP_NUM_THREADS": "1"}
     answers = []
-    for flags in (["--clients", "many"], ["--clients", "3", "--quorum", "7", "--compression", "zip"]):
+    cases = [["--clients", "many"], ["--clients", "3", "--quorum", "7", "--compression", "zip"], ["--device", "tpu"]]
+    if not torch.cuda.is_available():
+        cases.append(["--device", "cuda"])
+    for flags in cases:
         answers.append(
             subprocess.run(
                 [sys.executable, "-m", "services.cli.main", "run", *flags, "--out", str(tmp_path)],
@@ -101,3 +105,5 @@ def test_the_cli_refuses_invalid_flags_with_exit_2_and_one_line(tmp_path: Path) 
         assert "Traceback" not in answer.stderr
     assert "--clients" in answers[0].stderr
     assert "quorum" in answers[1].stderr or "compression" in answers[1].stderr
+    assert all("device" in answer.stderr for answer in answers[2:])
+    assert all("no CUDA GPU" in answer.stderr for answer in answers[3:])

@@ -6,6 +6,7 @@ ProcessPoolExecutor worker (use `init_worker` as its initializer). Weights go in
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,10 +25,29 @@ from workers.learning.datasets import load_dataset
 from workers.learning.models import MODEL_DATASET, build_model, check_model_name, load_numpy, to_numpy
 from workers.learning.privacy import PrivacyLedger
 
+_process_device = "cpu"  # what `init_worker` chose for this process; a config's own `device` overrides it
 
-def init_worker() -> None:
-    """Process-pool initializer: one torch thread per process, so N workers use N cores, not N squared."""
+
+def check_device(device: str) -> str:
+    """`device` if torch can train on it here: "cpu", or "cuda" / "cuda:N" with a GPU torch can see."""
+    if device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError("device", f"{device} asked for, but torch sees no CUDA GPU on this machine")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError("device", f"{device} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def init_worker(device: str = "cpu") -> None:
+    """Process-pool initializer: one torch thread per process (N workers use N cores, not N squared), and the
+    device this process trains and evaluates on."""
+    global _process_device
     torch.set_num_threads(1)
+    _process_device = check_device(device)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,7 +66,7 @@ class LocalTrainConfig:
     noise_multiplier: float | None = None
     delta: float = 1e-5
     seed: int = 0
-    device: str = "cpu"
+    device: str | None = None  # None: the process's device (`init_worker`), cpu by default
     max_steps: int | None = None
 
 
@@ -94,7 +114,7 @@ def train_local(
         raise ConfigError("indices", "a client needs at least one training sample")
     torch.set_num_threads(1)
     privacy = PrivacyLedger.from_dict(ledger) if ledger else PrivacyLedger()
-    device = torch.device(config.device)
+    device = torch.device(config.device or _process_device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.model, seed=config.seed)
@@ -184,11 +204,14 @@ def evaluate(
     data_dir: str | None,
     batch_size: int = 1000,
     limit: int | None = None,
+    device: str | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy "loss" and "accuracy" (0-1) of `weights` on the first `limit` test samples."""
     _check(model, dataset)
+    on = torch.device(device or _process_device)
     net = build_model(model, seed=0)
     load_numpy(net, weights)
+    net.to(on)
     net.eval()
     data = load_dataset(dataset, train=False, data_dir=data_dir)
     total = len(data) if limit is None else max(0, min(limit, len(data)))
@@ -196,6 +219,7 @@ def evaluate(
     with torch.no_grad():
         for start in range(0, total, batch_size):
             x, y = data.batch(np.arange(start, min(start + batch_size, total)))
+            x, y = x.to(on), y.to(on)
             out = net(x)
             loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum").item())
             correct += int((out.argmax(1) == y).sum().item())

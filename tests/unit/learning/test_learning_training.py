@@ -4,12 +4,14 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from contracts.errors import ConfigError
 from workers.learning.privacy import PrivacyLedger
 from workers.learning.training import (
     LocalTrainConfig,
     LocalTrainResult,
+    check_device,
     evaluate,
     initial_weights,
     train_local,
@@ -96,3 +98,17 @@ def test_config_survives_pickling_into_a_process_pool_worker() -> None:
     config = _config(max_steps=1)
 
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_check_device_accepts_cpu_and_names_the_field_otherwise() -> None:
+    assert check_device("cpu") == "cpu"
+    for bad in ("tpu", "cuda:x", "CUDA"):
+        with pytest.raises(ConfigError) as info:
+            check_device(bad)
+        assert info.value.field == "device"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_config_error_not_a_crash_later() -> None:
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        check_device("cuda")
