@@ -40,7 +40,7 @@ bench: install
 
 # The real sizes (full MNIST, 15 rounds, latency at 10/25/50 clients): about 3 hours on 2 cores.
 bench-full: install
-	$(PY) -m benchmarks.run --profile full --out docs/benchmarks-full.md
+	$(PY) -m benchmarks.run --profile full --out docs/full/benchmarks.md
 
 # Regenerate the gRPC stubs from the .proto; a test checks they are in sync.
 proto: install

@@ -31,14 +31,12 @@ from launching a system to its exit, start-up and shutdown included.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.metadata as metadata
 import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import statistics
@@ -48,19 +46,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from packaging.requirements import Requirement
 
 from benchmarks.federation import bench_config, federate
+from benchmarks.isolation import fresh_database, fresh_vhost
 from ops.settings import Settings
-from persistence.sql_admin import drop_database
 
 FLWR_VERSION = "1.42.0"
 PINS = (f"flwr[simulation]=={FLWR_VERSION}", "numpy==2.4.6")  # numpy: fedbus's pin (setup.cfg)
@@ -409,34 +405,10 @@ def run_fedbus_embedded(pool: Executor, sizes: Sizes, *, compression: str) -> Sy
 
 @contextlib.contextmanager
 def _fresh_vhost_and_database() -> Iterator[dict[str, str]]:
-    """FEDBUS_AMQP_URL and FEDBUS_DATABASE_URL of a new vhost (where rabbitmqctl is at hand) and a new database.
-
-    A shared database would hand the coordinator clients registered by earlier runs, whom it then selects
-    and waits for; a shared vhost would let other deployments' aggregators consume this run's messages.
-    Both are removed afterwards.
-    """
+    """FEDBUS_AMQP_URL and FEDBUS_DATABASE_URL of a new vhost and database (see benchmarks.isolation)."""
     settings = Settings.from_env()
-    name = f"fedbus_bench_flower_{uuid.uuid4().hex[:8]}"
-    database = urlsplit(settings.database_url)
-    env = {"FEDBUS_DATABASE_URL": urlunsplit(database._replace(path=f"/{name}"))}
-    ctl, user = shutil.which("rabbitmqctl"), urlsplit(settings.amqp_url).username or "guest"
-    created = usable = False
-    if ctl is not None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True, timeout=60)
-            created = True
-            grant = [ctl, "set_permissions", "-p", name, user, ".*", ".*", ".*"]
-            subprocess.run(grant, check=True, capture_output=True, timeout=60)
-            usable = True
-    amqp = urlsplit(settings.amqp_url)
-    env["FEDBUS_AMQP_URL"] = urlunsplit(amqp._replace(path="/" + quote(name, safe=""))) if usable else amqp.geturl()
-    try:
-        yield env
-    finally:
-        if created and ctl:
-            subprocess.run([ctl, "delete_vhost", name], capture_output=True, timeout=60, check=False)
-        with contextlib.suppress(Exception):
-            asyncio.run(drop_database(urlunsplit(database._replace(path="/postgres")), name))
+    with fresh_vhost(settings.amqp_url) as amqp_url, fresh_database(settings.database_url) as database_url:
+        yield {"FEDBUS_AMQP_URL": amqp_url, "FEDBUS_DATABASE_URL": database_url}
 
 
 def run_fedbus_up(sizes: Sizes, *, timeout_s: float) -> SystemRun:

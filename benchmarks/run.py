@@ -19,6 +19,7 @@ from benchmarks import (
     centralized,
     compression,
     compression_accuracy,
+    flower,
     latency,
     load,
     privacy_utility,
@@ -54,6 +55,10 @@ class Profile:
     scale_clients: tuple[int, ...]
     scale_rounds: int
     scale_model: str
+    flower_rounds: int
+    flower_target: float
+    flower_deployed: bool  # also `fedbus up` and Flower's deployment engine (one process per client)
+    flower_install: bool  # create Flower's virtual environment when missing (else: only if it exists)
 
 
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, None)
@@ -62,19 +67,20 @@ PROFILES = {
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=None, eval_limit=None,
         rounds=15, epsilons=EPSILONS, codec_rounds=15, codec_target=0.97, latency_clients=(10, 25, 50),
         latency_rounds=30, latency_target=0.95, device_s=1.0, scale_clients=(10, 25, 50, 100, 200), scale_rounds=5,
-        scale_model="mnist_cnn",
+        scale_model="mnist_cnn", flower_rounds=15, flower_target=0.9, flower_deployed=True, flower_install=True,
     ),
     "quick": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=6000, eval_limit=2000,
         rounds=4, epsilons=EPSILONS, codec_rounds=6, codec_target=0.9, latency_clients=(10, 25),
         latency_rounds=12, latency_target=0.8, device_s=0.5, scale_clients=(10, 25, 50, 100, 200), scale_rounds=3,
-        scale_model="mnist_cnn",
+        scale_model="mnist_cnn", flower_rounds=4, flower_target=0.5, flower_deployed=True, flower_install=True,
     ),
     "smoke": Profile(
         updates=3, params=10_000, repeats=1, samples=300, clients=10, train_limit=100, eval_limit=100,
         rounds=1, epsilons=(1.0, None), codec_rounds=1, codec_target=0.5, latency_clients=(10,),
         latency_rounds=1, latency_target=0.5, device_s=0.05, scale_clients=(3,), scale_rounds=1,
-        scale_model="mnist_dp_cnn",
+        scale_model="mnist_dp_cnn", flower_rounds=1, flower_target=0.05, flower_deployed=False,
+        flower_install=False,
     ),
 }  # fmt: skip
 
@@ -137,6 +143,9 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
         c.executor, data_dir=c.data_dir, client_counts=c.p.latency_clients, rounds=c.p.latency_rounds,
         target=c.p.latency_target, base_compute_s=c.p.device_s, plot=c.folder / "latency.png", **c.sizes), True),
     "scale": ("Scale on RabbitMQ and PostgreSQL", lambda c: _scale(c.p, c.data_dir), False),
+    "flower": ("Against a peer: Flower", lambda c: flower.run(
+        c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.flower_rounds, target=c.p.flower_target,
+        workers=c.workers, install=c.p.flower_install, deployed=c.p.flower_deployed, **c.sizes), True),
 }  # fmt: skip
 
 

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import statistics
@@ -32,13 +31,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
+from benchmarks.isolation import fresh_database, fresh_vhost
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.events import RoundAggregated, RoundStarted, RunCompleted, UpdateAccepted
 from persistence.migrations import upgrade
-from persistence.sql_admin import create_database, drop_database
 from persistence.sql_event_log import SqlEventLog
 from services.cli.report import round_rows
 
@@ -77,39 +75,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class _Vhost:
-    """A fresh vhost when rabbitmqctl is at hand (removed afterwards); otherwise the configured one, shared."""
-
-    def __init__(self, amqp_url: str) -> None:
-        self._base = amqp_url
-        self._name: str | None = None
-
-    def __enter__(self) -> str:
-        ctl = shutil.which("rabbitmqctl")
-        if ctl is None:
-            return self._base
-        name = f"fedbus-bench-{uuid.uuid4().hex[:8]}"
-        user = urlsplit(self._base).username or "guest"
-        try:
-            subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True, timeout=60)
-            subprocess.run(
-                [ctl, "set_permissions", "-p", name, user, ".*", ".*", ".*"],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-        except (subprocess.SubprocessError, OSError):
-            return self._base
-        self._name = name
-        parts = urlsplit(self._base)
-        return urlunsplit((parts.scheme, parts.netloc, "/" + quote(name, safe=""), "", ""))
-
-    def __exit__(self, *_exc: object) -> None:
-        ctl = shutil.which("rabbitmqctl")
-        if self._name and ctl:
-            subprocess.run([ctl, "delete_vhost", self._name], capture_output=True, timeout=60, check=False)
 
 
 def scale_config(clients: int, rounds: int, model: str, eval_limit: int) -> RunConfig:
@@ -152,61 +117,60 @@ async def _follow(
 
 
 def _measure(
-    clients: int, rounds: int, *, model: str, eval_limit: int, data_dir: str | None, amqp_url: str, admin_url: str
+    clients: int, rounds: int, *, model: str, eval_limit: int, data_dir: str | None, amqp_url: str, database_url: str
 ) -> ScalePoint:
     config = scale_config(clients, rounds, model, eval_limit)
     run_id = f"run-{uuid.uuid4().hex[:10]}"
-    db_name = f"fedbus_bench_scale_{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="fedbus-scale-") as folder, _Vhost(amqp_url) as vhost_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="fedbus-scale-") as folder,
+        fresh_vhost(amqp_url) as vhost_url,
+        fresh_database(database_url) as run_database_url,
+    ):
         work = Path(folder)
-        database_url = asyncio.run(create_database(admin_url, db_name))
+        asyncio.run(upgrade(run_database_url))
+        run_file = work / "run.json"
+        run_file.write_text(json.dumps({"run": config.to_dict()}))
+        port = _free_port()
+        env = {
+            **os.environ,
+            "FEDBUS_AMQP_URL": vhost_url,
+            "FEDBUS_DATABASE_URL": run_database_url,
+            "FEDBUS_GRPC_BIND": f"127.0.0.1:{port}",
+            "FEDBUS_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "FEDBUS_ENROLLMENT_TOKEN": secrets.token_urlsafe(24),
+            "FEDBUS_TOKEN_SECRET": secrets.token_urlsafe(32),
+            "FEDBUS_PARTITIONS": str(clients),
+            "FEDBUS_RUN_CONFIG": str(run_file),
+            "FEDBUS_RUN_ID": run_id,
+            "FEDBUS_WORKERS": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            **({"FEDBUS_DATA_DIR": data_dir} if data_dir else {}),
+        }
+        timings_file = work / "timings.json"
+        commands = {
+            "coordinator": [sys.executable, "-m", "services.cli.main", "coordinator"],
+            "aggregator": [sys.executable, "-m", "services.cli.main", "aggregator"],
+            "clients": [sys.executable, "-m", "benchmarks.scale_clients", "--count", str(clients),
+                        "--timings", str(timings_file)],
+        }  # fmt: skip
+        processes: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            asyncio.run(upgrade(database_url))
-            run_file = work / "run.json"
-            run_file.write_text(json.dumps({"run": config.to_dict()}))
-            port = _free_port()
-            env = {
-                **os.environ,
-                "FEDBUS_AMQP_URL": vhost_url,
-                "FEDBUS_DATABASE_URL": database_url,
-                "FEDBUS_GRPC_BIND": f"127.0.0.1:{port}",
-                "FEDBUS_GRPC_ADDRESS": f"127.0.0.1:{port}",
-                "FEDBUS_ENROLLMENT_TOKEN": secrets.token_urlsafe(24),
-                "FEDBUS_TOKEN_SECRET": secrets.token_urlsafe(32),
-                "FEDBUS_PARTITIONS": str(clients),
-                "FEDBUS_RUN_CONFIG": str(run_file),
-                "FEDBUS_RUN_ID": run_id,
-                "FEDBUS_WORKERS": "1",
-                "OMP_NUM_THREADS": "1",
-                "PYTHONUNBUFFERED": "1",
-                **({"FEDBUS_DATA_DIR": data_dir} if data_dir else {}),
-            }
-            timings_file = work / "timings.json"
-            commands = {
-                "coordinator": [sys.executable, "-m", "services.cli.main", "coordinator"],
-                "aggregator": [sys.executable, "-m", "services.cli.main", "aggregator"],
-                "clients": [sys.executable, "-m", "benchmarks.scale_clients", "--count", str(clients),
-                            "--timings", str(timings_file)],
-            }  # fmt: skip
-            processes: dict[str, subprocess.Popen[bytes]] = {}
-            try:
-                for name, command in commands.items():
-                    with (work / f"{name}.log").open("wb") as out:
-                        processes[name] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-                pids = {name: p.pid for name, p in processes.items()}
-                events, cpu = asyncio.run(_follow(database_url, run_id, pids, timeout_s=120 + 10 * clients))
-                coordinator_mb = _peak_mb(pids["coordinator"])
-                aggregator_mb = _peak_mb(pids["aggregator"])
-            except BaseException:
-                for name in processes:
-                    tail = (work / f"{name}.log").read_text(errors="replace")[-1500:]
-                    print(f"[scale] {name} log tail:\n{tail}", file=sys.stderr)
-                raise
-            finally:
-                _stop(processes)
-            timings = {int(k): v for k, v in json.loads(timings_file.read_text()).items()}
+            for name, command in commands.items():
+                with (work / f"{name}.log").open("wb") as out:
+                    processes[name] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            pids = {name: p.pid for name, p in processes.items()}
+            events, cpu = asyncio.run(_follow(run_database_url, run_id, pids, timeout_s=120 + 10 * clients))
+            coordinator_mb = _peak_mb(pids["coordinator"])
+            aggregator_mb = _peak_mb(pids["aggregator"])
+        except BaseException:
+            for name in processes:
+                tail = (work / f"{name}.log").read_text(errors="replace")[-1500:]
+                print(f"[scale] {name} log tail:\n{tail}", file=sys.stderr)
+            raise
         finally:
-            asyncio.run(drop_database(admin_url, db_name))
+            _stop(processes)
+        timings = {int(k): v for k, v in json.loads(timings_file.read_text()).items()}
     return _point(clients, events, timings, cpu, coordinator_mb, aggregator_mb)
 
 
@@ -273,14 +237,13 @@ def run(
     amqp_url: str,
     database_url: str,
 ) -> list[str]:
-    admin_url = urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
     points = []
     for clients in client_counts:
         started = time.perf_counter()
         points.append(
             _measure(
                 clients, rounds, model=model, eval_limit=eval_limit, data_dir=data_dir, amqp_url=amqp_url,
-                admin_url=admin_url,
+                database_url=database_url,
             )
         )  # fmt: skip
         print(f"[bench] scale: {clients} clients in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
