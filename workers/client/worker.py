@@ -104,8 +104,8 @@ class ClientWorker:
         plan = memory.plan
         if plan is not None:
             ledger = PrivacyLedger.from_dict(memory.ledger) if memory.ledger else PrivacyLedger()
-            after = ledger.epsilon_after(
-                plan.noise_multiplier, plan.sample_rate, plan.steps_per_round, privacy["delta"]
+            after = await asyncio.to_thread(  # RDP curves: CPU work, kept off the event loop
+                ledger.epsilon_after, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round, privacy["delta"]
             )
             if after > float(privacy["epsilon"]) * (1 + 1e-6):
                 log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)

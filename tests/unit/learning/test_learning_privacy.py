@@ -5,6 +5,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
 
 from contracts.errors import CodecError, ConfigError
 from workers.learning.privacy import PrivacyLedger, derive_noise_multiplier, plan_privacy
@@ -115,3 +116,23 @@ def test_ledger_dict_round_trip_keeps_the_history(entries: list[tuple[float, flo
 def test_malformed_ledger_dicts_are_codec_errors(data: dict[str, object]) -> None:
     with pytest.raises(CodecError):
         PrivacyLedger.from_dict(data)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.5, 0.9, 1.3, 4.0]), st.sampled_from([0.005, 0.02, 0.21, 1.0]), st.integers(1, 500)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([1e-5, 1e-3]),
+)
+def test_ledger_epsilon_is_exactly_opacus_rdp_accountant(entries: list[tuple[float, float, int]], delta: float) -> None:
+    ledger, accountant = PrivacyLedger(), RDPAccountant()
+    for noise, rate, steps in entries:
+        ledger.record(noise, rate, steps)
+    accountant.history = [tuple(entry) for entry in ledger.history]
+
+    assert ledger.epsilon(delta) == accountant.get_epsilon(delta=delta)
