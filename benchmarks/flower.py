@@ -54,6 +54,7 @@ from typing import IO
 
 from packaging.requirements import Requirement
 
+from benchmarks import plots
 from benchmarks.federation import bench_config, federate
 from benchmarks.isolation import fresh_database, fresh_vhost
 from ops.settings import Settings
@@ -472,6 +473,7 @@ def run(
     workers: int,
     install: bool = True,
     deployed: bool = True,
+    plot: Path | None = None,
 ) -> list[str]:
     """Every system on the same task, side by side; `install` False: Flower only if its venv already exists."""
     sizes = Sizes(clients=clients, rounds=rounds, train_limit=train_limit, eval_limit=eval_limit, data_dir=data_dir)
@@ -494,7 +496,12 @@ def run(
         runs.append(run_flower(VENV, sizes, simulation=True, timeout_s=timeout_s))
         if deployed:
             runs.append(run_flower(VENV, sizes, simulation=False, timeout_s=timeout_s))
-    return _render(runs, sizes, target=target, workers=workers, flower_error=flower_error)
+    lines = _render(runs, sizes, target=target, workers=workers, flower_error=flower_error)
+    curves = {(r.system, r.engine): [(x.elapsed_s, x.accuracy) for x in r.rounds] for r in runs if r.rounds}
+    if plot is not None and curves:
+        plots.accuracy_over_time(plot, curves, f"MNIST DP task, {clients} clients: fedbus and Flower {FLWR_VERSION}")
+        lines += ["", f"![accuracy over wall-clock time, every system]({plot.name})"]
+    return lines
 
 
 def _render(runs: list[SystemRun], sizes: Sizes, *, target: float, workers: int, flower_error: str | None) -> list[str]:

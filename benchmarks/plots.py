@@ -57,3 +57,30 @@ def accuracy_over_time(path: Path, curves: Mapping[tuple[str, str], Sequence[tup
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def scale(
+    path: Path,
+    clients: Sequence[int],
+    times: Mapping[str, Sequence[float]],
+    memory: Mapping[str, Sequence[float]],
+    title: str,
+) -> Path:
+    """Two panels against the number of clients (log scale): seconds per round, and peak resident memory."""
+    fig = Figure(figsize=(9, 3.8), dpi=110)
+    left, right = fig.subplots(1, 2)
+    for ax, series, unit in ((left, times, "seconds per round (median)"), (right, memory, "peak RSS (MB)")):
+        for (label, values), color in zip(series.items(), COLORS, strict=False):
+            ax.plot(clients, values, marker="o", color=color, label=label)
+        ax.set_xscale("log")
+        ax.set_xticks(list(clients), [str(c) for c in clients])
+        ax.minorticks_off()
+        ax.set_xlabel("clients per round (log scale)")
+        ax.set_ylabel(unit)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

@@ -142,10 +142,11 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
     "latency": ("Latency with stragglers and slow uplinks", lambda c: latency.run(
         c.executor, data_dir=c.data_dir, client_counts=c.p.latency_clients, rounds=c.p.latency_rounds,
         target=c.p.latency_target, base_compute_s=c.p.device_s, plot=c.folder / "latency.png", **c.sizes), True),
-    "scale": ("Scale on RabbitMQ and PostgreSQL", lambda c: _scale(c.p, c.data_dir), False),
+    "scale": ("Scale on RabbitMQ and PostgreSQL", lambda c: _scale(c.p, c.data_dir, c.folder / "scale.png"), False),
     "flower": ("Against a peer: Flower", lambda c: flower.run(
         c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.flower_rounds, target=c.p.flower_target,
-        workers=c.workers, install=c.p.flower_install, deployed=c.p.flower_deployed, **c.sizes), True),
+        workers=c.workers, install=c.p.flower_install, deployed=c.p.flower_deployed, plot=c.folder / "flower.png",
+        **c.sizes), True),
 }  # fmt: skip
 
 
@@ -196,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _scale(p: Profile, data_dir: str | None) -> list[str]:
+def _scale(p: Profile, data_dir: str | None, plot: Path) -> list[str]:
     """The deployed scale benchmark, or one line saying why it could not run (no RabbitMQ or PostgreSQL here)."""
     settings = Settings.from_env()
     try:
         return scale.run(
             client_counts=p.scale_clients, rounds=p.scale_rounds, model=p.scale_model, eval_limit=500,
-            data_dir=data_dir, amqp_url=settings.amqp_url, database_url=settings.database_url,
+            data_dir=data_dir, amqp_url=settings.amqp_url, database_url=settings.database_url, plot=plot,
         )  # fmt: skip
     except (OSError, TransientError) as exc:
         return [f"Not measured: RabbitMQ or PostgreSQL unreachable ({type(exc).__name__}: {exc})."]

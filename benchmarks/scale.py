@@ -32,6 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import plots
 from benchmarks.isolation import fresh_database, fresh_vhost
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
@@ -236,6 +237,7 @@ def run(
     data_dir: str | None,
     amqp_url: str,
     database_url: str,
+    plot: Path | None = None,
 ) -> list[str]:
     points = []
     for clients in client_counts:
@@ -276,8 +278,27 @@ def run(
         "",
         f"From {first.clients} to {last.clients} clients the aggregator's peak memory goes from "
         f"{first.aggregator_peak_mb:.0f} MB to {last.aggregator_peak_mb:.0f} MB (**{growth:.2f}x** for "
-        f"{last.clients / first.clients:.0f}x the updates); the median orchestration overhead per client per round "
+        f"{last.clients / first.clients:.0f}x the updates) and the coordinator's from {first.coordinator_peak_mb:.0f} "
+        f"MB to {last.coordinator_peak_mb:.0f} MB (one gRPC connection per client, at most 64 uploads in flight: "
+        f"FEDBUS_MAX_UPLOADS); the median orchestration overhead per client per round "
         f"is {per_client[0]:.0f} ms at {first.clients} clients and {per_client[-1]:.0f} ms at {last.clients} "
         f"(all processes, the client host included, share this machine's {os.cpu_count()} cores).",
     ]
+    if plot is not None:
+        counts = [p.clients for p in points]
+        plots.scale(
+            plot,
+            counts,
+            {
+                "round time": [statistics.median(p.round_s) for p in points],
+                "RoundStarted to last upload": [statistics.median(p.upload_window_s) for p in points],
+                "aggregation + evaluation": [statistics.median(p.aggregate_s) for p in points],
+            },
+            {
+                "coordinator": [p.coordinator_peak_mb for p in points],
+                "aggregator": [p.aggregator_peak_mb for p in points],
+            },
+            f"deployed fedbus, {model}, int8 updates, every client every round",
+        )
+        lines += ["", f"![round time and memory against clients]({plot.name})"]
     return lines

@@ -32,6 +32,7 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     assert "| IID | no DP |" in text and "| centralized |" in text and "| topk:0.01+int8 |" in text
     assert "| 10 | synchronous |" in text and "| 10 | fedbus |" in text
     assert "| fedbus | embedded, fp32 | 1 |" in text and "| fedbus | embedded, int8 | 1 |" in text
+    assert (tmp_path / "flower.png").stat().st_size > 0
     assert (tmp_path / "privacy_utility.png").stat().st_size > 0 and (tmp_path / "latency.png").stat().st_size > 0
     if os.environ.get("FEDBUS_REQUIRE_SERVICES") == "1":  # CI: the deployed scale run happened on real services
-        assert "| 3 | " in text and "aggregator's peak memory" in text
+        assert "| 3 | " in text and "aggregator's peak memory" in text and (tmp_path / "scale.png").stat().st_size > 0
