@@ -77,7 +77,8 @@ def run(
         lines += [
             "",
             f"On this subset each client holds only ~{train_limit // clients:,} records for {rounds} rounds, which "
-            "caps DP accuracy well below the full-data figures (`--profile full`: all 60,000 samples, 15 rounds).",
+            "caps DP accuracy well below the full-data figures ([full/benchmarks.md](full/benchmarks.md), "
+            "`--profile full`: all 60,000 samples, 15 rounds).",
         ]
     lines += ["", f"![accuracy against epsilon]({plot.name})"]
     return lines, Sweep(results=results)
