@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(SECTIONS[name][2] for name in chosen):
             # One pool for every training section: its workers keep MNIST loaded between runs.
             context.workers = max(1, min(os.cpu_count() or 1, 8))
-            context.pool = stack.enter_context(process_pool(context.workers, context.device))
+            context.pool = stack.enter_context(process_pool(context.workers, context.device, warm=True))
         for name in chosen:
             title, body, _pooled = SECTIONS[name]
             lines += _section(title, functools.partial(body, context))

@@ -64,7 +64,7 @@ async def run_embedded(
 ) -> EmbeddedResult:
     """Run one federated training to completion in a process pool of its own; returns what the log recorded."""
     workers = workers or max(1, min(os.cpu_count() or 1, config.clients))
-    with process_pool(workers, device) as executor:
+    with process_pool(workers, device, warm=True) as executor:
         return await federate(config, out, executor, data_dir=data_dir, progress=progress, on_log_ready=on_log_ready)
 
 

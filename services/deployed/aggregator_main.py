@@ -24,7 +24,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     event_log = await SqlEventLog.connect(settings.database_url, create=False)
     observe("aggregator", settings.instance_name, database=True)
     broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30)
-    with process_pool(settings.workers, settings.device) as executor:
+    with process_pool(settings.workers, settings.device, warm=True) as executor:
         metrics = FedbusMetrics()
         serve_metrics(metrics, settings.metrics_port)
         worker = AggregatorWorker(event_log, PoolEvaluator(executor, settings.data_dir), metrics=metrics)

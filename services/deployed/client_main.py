@@ -30,16 +30,17 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     # Generous retries: a coordinator restart or a slow start must not make the client give up or drop an update.
     transport = FederationClient(settings.grpc_address, tls=settings.client_tls, attempts=12)
     capabilities = ClientCapabilities(device=settings.device, cores=os.cpu_count() or 1, hostname=socket.gethostname())
-    registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
-    log.info(
-        "registered as %s (partition %s/%s)",
-        registration.client_id,
-        registration.partition_index,
-        registration.partition_count,
-    )
-    # The coordinator declared the shared topology before serving gRPC; a client may only declare its own queue.
-    broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30, declare_topology=False)
-    with process_pool(settings.workers, settings.device) as executor:
+    # The training processes start before registering: a registered client is one that can train at once.
+    with process_pool(settings.workers, settings.device, warm=True) as executor:
+        registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
+        log.info(
+            "registered as %s (partition %s/%s)",
+            registration.client_id,
+            registration.partition_index,
+            registration.partition_count,
+        )
+        # The coordinator declared the shared topology before serving gRPC; a client may only declare its own queue.
+        broker = await RabbitBroker.connect(settings.amqp_url, connect_attempts=30, declare_topology=False)
         ledgers = LedgerStore(settings.state_dir, registration.client_id)
         worker = ClientWorker(
             transport,

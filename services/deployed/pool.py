@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
@@ -11,8 +12,12 @@ from workers.learning.training import init_worker
 
 
 @contextlib.contextmanager
-def process_pool(workers: int, device: str = "cpu") -> Iterator[ProcessPoolExecutor]:
-    """`device` ("cpu", "cuda", "cuda:N") is where the workers train and evaluate."""
+def process_pool(workers: int, device: str = "cpu", *, warm: bool = False) -> Iterator[ProcessPoolExecutor]:
+    """`device` ("cpu", "cuda", "cuda:N") is where the workers train and evaluate.
+
+    `warm`: start every worker now (a spawn and an import of torch and Opacus: seconds each) rather than on the
+    first training, so that a client is ready when it registers and round 1 does not pay for start-up.
+    """
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
@@ -20,6 +25,10 @@ def process_pool(workers: int, device: str = "cpu") -> Iterator[ProcessPoolExecu
         initargs=(device,),
     )
     try:
+        if warm:
+            # Submitted together, so none finds an idle worker and each spawns its own (Python spawns on demand).
+            for future in [executor.submit(os.getpid) for _ in range(workers)]:
+                future.result()
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
