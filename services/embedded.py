@@ -21,7 +21,7 @@ from persistence.sql_event_log import SqlEventLog
 from services.coordinator.server import start_grpc_server
 from services.coordinator.service import Coordinator
 from services.coordinator.tokens import TokenAuthority
-from services.deployed.pool import process_pool
+from services.deployed.pool import process_pool, warm_up
 from services.relay import OutboxRelay
 from workers.aggregator.evaluator import PoolEvaluator
 from workers.aggregator.worker import AggregatorWorker
@@ -64,7 +64,8 @@ async def run_embedded(
 ) -> EmbeddedResult:
     """Run one federated training to completion in a process pool of its own; returns what the log recorded."""
     workers = workers or max(1, min(os.cpu_count() or 1, config.clients))
-    with process_pool(workers, device, warm=True) as executor:
+    with process_pool(workers, device) as executor:
+        await asyncio.to_thread(warm_up, executor, workers)
         return await federate(config, out, executor, data_dir=data_dir, progress=progress, on_log_ready=on_log_ready)
 
 

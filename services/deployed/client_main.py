@@ -13,7 +13,7 @@ from ops.clock import SystemClock
 from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
 from services.deployed.observability import observe
-from services.deployed.pool import process_pool
+from services.deployed.pool import process_pool, warm_up
 from workers.client.ledger_store import LedgerStore
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
@@ -31,7 +31,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     transport = FederationClient(settings.grpc_address, tls=settings.client_tls, attempts=12)
     capabilities = ClientCapabilities(device=settings.device, cores=os.cpu_count() or 1, hostname=socket.gethostname())
     # The training processes start before registering: a registered client is one that can train at once.
-    with process_pool(settings.workers, settings.device, warm=True) as executor:
+    with process_pool(settings.workers, settings.device) as executor:
+        await asyncio.to_thread(warm_up, executor, settings.workers)
         registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
         log.info(
             "registered as %s (partition %s/%s)",

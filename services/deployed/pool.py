@@ -13,11 +13,7 @@ from workers.learning.training import init_worker
 
 @contextlib.contextmanager
 def process_pool(workers: int, device: str = "cpu", *, warm: bool = False) -> Iterator[ProcessPoolExecutor]:
-    """`device` ("cpu", "cuda", "cuda:N") is where the workers train and evaluate.
-
-    `warm`: start every worker now (a spawn and an import of torch and Opacus: seconds each) rather than on the
-    first training, so that a client is ready when it registers and round 1 does not pay for start-up.
-    """
+    """`device` ("cpu", "cuda", "cuda:N") is where the workers train and evaluate; `warm`: `warm_up` it now."""
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
@@ -26,9 +22,16 @@ def process_pool(workers: int, device: str = "cpu", *, warm: bool = False) -> It
     )
     try:
         if warm:
-            # Submitted together, so none finds an idle worker and each spawns its own (Python spawns on demand).
-            for future in [executor.submit(os.getpid) for _ in range(workers)]:
-                future.result()
+            warm_up(executor, workers)
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def warm_up(executor: ProcessPoolExecutor, workers: int) -> None:
+    """Start every worker now (a spawn and an import of torch and Opacus: seconds each) rather than on the first
+    training, so that a client is ready when it registers and round 1 does not pay for start-up. It blocks:
+    async callers run it in a thread, so their connections keep their heartbeats meanwhile."""
+    # Submitted together, so none finds an idle worker and each spawns its own (Python spawns on demand).
+    for future in [executor.submit(os.getpid) for _ in range(workers)]:
+        future.result()
