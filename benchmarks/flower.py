@@ -38,7 +38,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from packaging.requirements import Requirement
 
 from benchmarks import plots
 from benchmarks.federation import bench_config, federate
-from benchmarks.isolation import fresh_database, fresh_vhost
+from benchmarks.isolation import free_port, fresh_database, fresh_vhost
 from ops.settings import Settings
 
 FLWR_VERSION = "1.42.0"
@@ -200,12 +199,6 @@ def _link_shared(venv: Path) -> None:
 # Processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _last_line(text: str | bytes | None) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
@@ -315,7 +308,7 @@ def run_flower(venv: Path, sizes: Sizes, *, simulation: bool, timeout_s: float) 
         home = work / "flwr-home"
         home.mkdir()
         timings = work / "timings.json"
-        link = _free_port()
+        link = free_port()
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
         )
@@ -334,7 +327,7 @@ def run_flower(venv: Path, sizes: Sizes, *, simulation: bool, timeout_s: float) 
                     fleet.start(
                         f"supernode-{index}",
                         [str(bin_ / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                         "--node-config", node, "--host", "127.0.0.1", "--port", str(_free_port())],
+                         "--node-config", node, "--host", "127.0.0.1", "--port", str(free_port())],
                         env,
                     )  # fmt: skip
             command = [str(bin_ / "flwr"), "run", str(APP), "bench", "--stream"]

@@ -1,4 +1,4 @@
-"""A fresh RabbitMQ vhost and PostgreSQL database for one deployed benchmark run, removed afterwards.
+"""A fresh RabbitMQ vhost, PostgreSQL database and loopback port for one deployed benchmark run.
 
 A shared database would hand the coordinator clients registered by earlier runs, which it then selects and
 waits for; a shared vhost would let other deployments' aggregators consume this run's messages.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -48,3 +49,10 @@ def fresh_database(database_url: str, prefix: str = "fedbus_bench") -> Iterator[
         yield url
     finally:
         asyncio.run(drop_database(admin_url, name))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -29,7 +29,7 @@ from benchmarks import (
 from benchmarks.machine import machine
 from contracts.errors import ConfigError, TransientError
 from ops.settings import Settings
-from services.deployed.pool import process_pool
+from services.deployed.pool import process_pool, warm_up
 from workers.learning.training import check_device
 
 
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(SECTIONS[name][2] for name in chosen):
             # One pool for every training section: its workers keep MNIST loaded between runs.
             context.workers = max(1, min(os.cpu_count() or 1, 8))
-            context.pool = stack.enter_context(process_pool(context.workers, context.device, warm=True))
+            context.pool = stack.enter_context(process_pool(context.workers, context.device))
+            warm_up(context.pool, context.workers)
         for name in chosen:
             title, body, _pooled = SECTIONS[name]
             lines += _section(title, functools.partial(body, context))

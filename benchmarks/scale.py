@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import plots
-from benchmarks.isolation import fresh_database, fresh_vhost
+from benchmarks.isolation import free_port, fresh_database, fresh_vhost
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.events import RoundAggregated, RoundStarted, RunCompleted, UpdateAccepted
@@ -70,12 +69,6 @@ def _peak_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scale_config(clients: int, rounds: int, model: str, eval_limit: int) -> RunConfig:
@@ -131,7 +124,7 @@ def _measure(
         asyncio.run(upgrade(run_database_url))
         run_file = work / "run.json"
         run_file.write_text(json.dumps({"run": config.to_dict()}))
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "FEDBUS_AMQP_URL": vhost_url,

@@ -128,11 +128,12 @@ def encode_with_manifest(tensors: TensorMapping) -> tuple[bytes, Manifest]:
     return data, Manifest(tensors=specs_of(tensors), size=len(data), digest=sha256_hex(data))
 
 
-def iter_chunks(data: bytes, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Slices of ``data`` of at most ``chunk_size`` bytes, in order (none for empty data)."""
+def iter_chunks(data: bytes, chunk_size: int = 1 << 20, *, offset: int = 0) -> Iterator[bytes]:
+    """Slices of ``data`` from ``offset`` on, of at most ``chunk_size`` bytes, in order (none when nothing is
+    left). Only each slice is copied, never the rest of ``data``: a shared model serves every download."""
     if chunk_size <= 0:
         raise ConfigError("chunk_size", f"must be > 0, got {chunk_size}")
-    return (data[start : start + chunk_size] for start in range(0, len(data), chunk_size))
+    return (data[start : start + chunk_size] for start in range(offset, len(data), chunk_size))
 
 
 class ChunkAssembler:

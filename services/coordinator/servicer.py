@@ -13,7 +13,7 @@ from contracts.models import ClientCapabilities, ModelUpdate
 from contracts.ports import Clock
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
-from contracts.tensor_codec import ChunkAssembler, TooLarge
+from contracts.tensor_codec import ChunkAssembler, TooLarge, iter_chunks
 from contracts.update_validation import RejectReason
 from ops.clock import SystemClock
 from services.coordinator.service import Coordinator
@@ -90,12 +90,10 @@ class FederationServicer(pb_grpc.FederationServicer):
             await context.abort(*status_of(exc))
         specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in manifest.tensors]
         first = True
-        # Slices of a view: the cached model is shared by every download, never copied whole per client.
-        view = memoryview(data)
-        starts = range(request.offset, len(data), self._chunk_size) if request.offset < len(data) else [len(data)]
-        for start in starts:
+        chunks = iter_chunks(data, self._chunk_size, offset=request.offset) if request.offset < len(data) else [b""]
+        for chunk in chunks:
             header = pb.Manifest(digest=manifest.digest, size=manifest.size, tensors=specs) if first else None
-            yield pb.ModelChunk(manifest=header, data=bytes(view[start : start + self._chunk_size]))
+            yield pb.ModelChunk(manifest=header, data=chunk)
             first = False
 
     async def UploadUpdate(

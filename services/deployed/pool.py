@@ -12,8 +12,8 @@ from workers.learning.training import init_worker
 
 
 @contextlib.contextmanager
-def process_pool(workers: int, device: str = "cpu", *, warm: bool = False) -> Iterator[ProcessPoolExecutor]:
-    """`device` ("cpu", "cuda", "cuda:N") is where the workers train and evaluate; `warm`: `warm_up` it now."""
+def process_pool(workers: int, device: str = "cpu") -> Iterator[ProcessPoolExecutor]:
+    """`device` ("cpu", "cuda", "cuda:N") is where the workers train and evaluate."""
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
@@ -21,8 +21,6 @@ def process_pool(workers: int, device: str = "cpu", *, warm: bool = False) -> It
         initargs=(device,),
     )
     try:
-        if warm:
-            warm_up(executor, workers)
         yield executor
     finally:
         executor.shutdown(wait=True, cancel_futures=True)

@@ -217,3 +217,9 @@ def test_assembler_detects_a_digest_mismatch() -> None:
 
     with pytest.raises(DigestMismatch):
         assembler.finish()
+
+
+def test_iter_chunks_from_an_offset_resumes_where_a_download_stopped() -> None:
+    data = bytes(range(10))
+    assert list(iter_chunks(data, 4, offset=3)) == [data[3:7], data[7:]]
+    assert list(iter_chunks(data, 4, offset=10)) == []
