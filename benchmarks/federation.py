@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
-from services.cli.report import RoundRow, round_rows
+from contracts.run_state import RoundSummary
+from services.cli.report import round_rows
 from services.embedded import TrainerFactory, TransportFactory, plain_transport, pool_trainer
 from services.embedded import federate as embedded_federate
 
@@ -25,7 +26,7 @@ from services.embedded import federate as embedded_federate
 class FederatedResult:
     """Per-round rows of one run, why it stopped, and its wall time from start to RunCompleted."""
 
-    rows: list[RoundRow]
+    rows: list[RoundSummary]
     reason: str
     wall_s: float
 
@@ -60,7 +61,7 @@ def bench_config(
     )
 
 
-def reached(rows: list[RoundRow], target: float) -> RoundRow | None:
+def reached(rows: list[RoundSummary], target: float) -> RoundSummary | None:
     """The first round whose test accuracy is at least `target`."""
     return next((row for row in rows if row.accuracy >= target), None)
 

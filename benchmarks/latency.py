@@ -22,9 +22,9 @@ import numpy as np
 
 from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, federate, reached
-from contracts.models import ModelUpdate
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.tensors import TensorMapping
+from contracts.uploads import UploadHeader
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.learning.training import LocalTrainConfig, LocalTrainResult
@@ -77,7 +77,7 @@ class ThrottledClient(FederationClient):
         self._device = device
         self._link_free_at = 0.0
 
-    async def upload(self, header: ModelUpdate, payload: bytes) -> pb.UploadReply:
+    async def upload(self, header: UploadHeader, payload: bytes) -> pb.UploadReply:
         now = asyncio.get_running_loop().time()
         start = max(now, self._link_free_at)
         self._link_free_at = start + len(payload) / self._device.uplink_bytes_per_s

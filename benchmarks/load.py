@@ -14,11 +14,12 @@ from contracts.compression import compress_update, parse_compression
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.events import ModelInitialized, RoundStarted
-from contracts.models import ClientCapabilities, ModelUpdate
+from contracts.streams import run_stream
 from contracts.tensor_codec import encode_with_manifest, sha256_hex
+from contracts.uploads import ClientCapabilities, UploadHeader
 from persistence.sql_event_log import SqlEventLog
-from services.coordinator.server import start_grpc_server
-from services.coordinator.service import Coordinator
+from services.coordinator.coordinator import Coordinator
+from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from workers.client.transport import FederationClient
 
@@ -42,11 +43,11 @@ async def _scenario(clients: int, max_uploads: int, folder: Path) -> tuple[list[
         data, manifest = encode_with_manifest(model)
         await log.put_blob(manifest.digest, "model", data)
         init = ModelInitialized(run_id=run_id, model_version=0, model_digest=manifest.digest, num_parameters=1)
-        await log.append(f"run:{run_id}", [Envelope(event=init)])
+        await log.append(run_stream(run_id), [Envelope(event=init)])
         await coordinator.advance(run_id)
         started = next(
             r.envelope.event
-            for r in await log.read_stream(f"run:{run_id}")
+            for r in await log.read_stream(run_stream(run_id))
             if isinstance(r.envelope.event, RoundStarted)
         )
         rng = np.random.default_rng(0)
@@ -54,7 +55,7 @@ async def _scenario(clients: int, max_uploads: int, folder: Path) -> tuple[list[
         async def upload(transport: FederationClient, client_id: str) -> float:
             delta = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.01 for k, v in model.items()}
             payload = compress_update(delta, parse_compression("int8")).payload
-            header = ModelUpdate(
+            header = UploadHeader(
                 run_id=run_id, round=started.round, client_id=client_id, base_model_version=0, num_samples=10,
                 codec="int8", total_size=len(payload), sha256=sha256_hex(payload), raw_bytes=1,
             )  # fmt: skip

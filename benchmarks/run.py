@@ -29,7 +29,7 @@ from benchmarks import (
 from benchmarks.machine import machine
 from contracts.errors import ConfigError, TransientError
 from ops.settings import Settings
-from services.deployed.pool import process_pool, warm_up
+from services.roots.pool import process_pool, warm_up
 from workers.learning.training import check_device
 
 

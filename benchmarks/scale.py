@@ -36,6 +36,7 @@ from benchmarks.isolation import free_port, fresh_database, fresh_vhost
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.events import RoundAggregated, RoundStarted, RunCompleted, UpdateAccepted
+from contracts.streams import run_stream
 from persistence.migrations import upgrade
 from persistence.sql_event_log import SqlEventLog
 from services.cli.report import round_rows
@@ -97,7 +98,7 @@ async def _follow(
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            for recorded in await event_log.read_stream(f"run:{run_id}", after_version=len(events)):
+            for recorded in await event_log.read_stream(run_stream(run_id), after_version=len(events)):
                 events.append(recorded)
                 event = recorded.envelope.event
                 if isinstance(event, RoundStarted) and not cpu_start:

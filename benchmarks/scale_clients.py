@@ -24,9 +24,9 @@ import numpy as np
 from broker.rabbitmq import RabbitBroker
 from contracts.envelope import Envelope
 from contracts.events import RoundStarted
-from contracts.models import ClientCapabilities
 from contracts.ports import Handler
 from contracts.tensors import TensorDict, TensorMapping
+from contracts.uploads import ClientCapabilities
 from ops.clock import SystemClock
 from ops.lifecycle import run_until_signalled
 from ops.settings import Settings

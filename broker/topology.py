@@ -145,6 +145,8 @@ def build_topology(
 
 
 DEFAULT: Final = build_topology()
+AGGREGATOR_QUEUE: Final = DEFAULT.aggregator.name  # competing aggregators: RunCreated, QuorumReached
+COORDINATOR_QUEUE: Final = DEFAULT.coordinator.name  # what wakes the coordinator: ModelInitialized, RoundAggregated
 
 
 def client_queue(client_id: str) -> Queue:

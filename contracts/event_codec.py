@@ -55,9 +55,10 @@ def _check(type_name: str, name: str, hint: Any, value: Any) -> Any:
     if hint is type(None):
         if value is None:
             return None
-    elif origin is tuple:
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+    elif origin is tuple:  # tuple[X, ...] of one scalar type
+        if isinstance(value, list | tuple):
+            item = typing.get_args(hint)[0]
+            return tuple(_check(type_name, name, item, v) for v in value)
     elif origin is dict:
         if isinstance(value, dict):
             return value

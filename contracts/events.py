@@ -86,11 +86,20 @@ class ClientDeclined:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuorumReached:
+    """The round closed with these updates. It carries what the aggregator needs (the base model and each
+    update's digest and sample count, in the order of `update_ids`), so no aggregator re-reads the history.
+    Events written before those fields existed decode with them empty."""
+
     run_id: str
     round: int
     model_version: int
     update_ids: tuple[str, ...]
     partial: bool
+    attempt: int = 1
+    base_model_digest: str = ""
+    update_digests: tuple[str, ...] = ()
+    sample_counts: tuple[int, ...] = ()
+    train_loss: float = 0.0  # the updates' reported training loss, weighted by sample count
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

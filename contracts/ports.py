@@ -66,21 +66,6 @@ class Publisher(Protocol):
     async def publish(self, envelope: Envelope) -> None: ...
 
 
-class Delivery(Protocol):
-    """One message handed to a consumer; exactly one of ack / requeue / dead_letter is called."""
-
-    @property
-    def envelope(self) -> Envelope | None:
-        """The decoded event, or None when the body could not be decoded (poison)."""
-        ...
-
-    @property
-    def message_id(self) -> str: ...
-
-    @property
-    def redelivered(self) -> bool: ...
-
-
 Handler = Callable[[Envelope], Awaitable[None]]
 
 

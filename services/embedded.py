@@ -1,33 +1,37 @@
-"""The composition root of `fedbus run`: the deployed code wired to an in-memory broker, a SQLite log
-and the real gRPC server on loopback, with training in a process pool (one torch thread per process)."""
+"""`fedbus run`: the deployed roles built by their own composition roots (services/roots), given an
+in-memory broker, a SQLite log and a shared process pool (one torch thread per process); gRPC is real, on
+loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
-import socket
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from persistence.event_log_url import open_event_log
+
 from broker.in_memory_broker import InMemoryBroker
 from contracts.config import RunConfig
-from contracts.envelope import Envelope, RecordedEvent
-from contracts.models import ClientCapabilities
-from contracts.ports import Handler
+from contracts.envelope import RecordedEvent
+from contracts.ports import EventLog
+from contracts.streams import run_stream
 from ops.clock import SystemClock
-from persistence.sql_event_log import SqlEventLog
-from services.coordinator.server import start_grpc_server
-from services.coordinator.service import Coordinator
+from ops.settings import Settings
+from services.coordinator.coordinator import Coordinator
 from services.coordinator.tokens import TokenAuthority
-from services.deployed.pool import process_pool, warm_up
-from services.relay import OutboxRelay
-from workers.aggregator.evaluator import PoolEvaluator
-from workers.aggregator.worker import AggregatorWorker
+from services.roots import aggregator as aggregator_root
+from services.roots import client as client_root
+from services.roots import coordinator as coordinator_root
+from services.roots.aggregator import AggregatorApp
+from services.roots.client import ClientApp
+from services.roots.coordinator import CoordinatorApp
+from services.roots.pool import process_pool, warm_up
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
-from workers.client.worker import ClientWorker
 
 Progress = Callable[[RecordedEvent], None]
 # Seams for the benchmarks (slow devices, throttled links); the defaults are what `fedbus run` uses.
@@ -85,76 +89,66 @@ async def federate(
     database = out / "fedbus.db"
     database.unlink(missing_ok=True)
     clock = SystemClock()
-    log = await SqlEventLog.connect(f"sqlite+aiosqlite:///{database}")
+    log = await open_event_log(f"sqlite:///{database}")
     if on_log_ready is not None:
         on_log_ready(database)  # e.g. `--serve`: the API reads the same SQLite log while the run writes it
     broker = InMemoryBroker()
     tokens = TokenAuthority.generate()
-    coordinator = Coordinator(log, partition_count=config.clients, clock=clock)
-    relay = OutboxRelay(log, broker)
-    tasks: list[asyncio.Task[None]] = []
-    transports: list[FederationClient] = []
-    server, port = await start_grpc_server(coordinator, tokens, "127.0.0.1:0")
+    settings = embedded_settings(config, data_dir, tokens)
+    apps: list[CoordinatorApp | AggregatorApp | ClientApp] = []
     try:
-        aggregator = AggregatorWorker(log, PoolEvaluator(executor, data_dir))
-        await broker.consume("fedbus.aggregator", aggregator.handle)
-        await broker.consume("fedbus.coordinator", _advancing(coordinator, relay))
+        coordinator = await coordinator_root.build(settings, log=log, broker=broker, clock=clock, tokens=tokens)
+        apps.append(coordinator)
+        await coordinator.start()
+        aggregator = await aggregator_root.build(settings, executor=executor, log=log, broker=broker)
+        apps.append(aggregator)
+        await aggregator.start()
+        address = f"127.0.0.1:{coordinator.port}"
         for index in range(config.clients):
-            transport = transport_for(index, f"127.0.0.1:{port}")
-            transports.append(transport)
-            registration = await transport.register(
-                tokens.enrollment_token,
-                ClientCapabilities(device="cpu", cores=1, hostname=socket.gethostname()),
-                instance_name=f"embedded-{index}",
+            client = await client_root.build(
+                dataclasses.replace(settings, grpc_address=address, instance_name=f"embedded-{index}"),
+                executor=executor,
+                broker=broker,
+                clock=clock,
+                transport=transport_for(index, address),
+                trainer=trainer_for(index, executor),
+                keep_ledgers=False,
             )
-            worker = ClientWorker(transport, trainer_for(index, executor), registration, data_dir=data_dir, clock=clock)
-            queue = await broker.ensure_client_queue(registration.client_id)
-            await broker.consume(queue, worker.handle)
-        tasks.append(asyncio.create_task(relay.run_forever()))
-        tasks.append(asyncio.create_task(coordinator.tick_forever()))
-        tasks.append(asyncio.create_task(_wake_on_change(coordinator, relay)))
+            apps.append(client)
+            await client.start()
         run_id = await coordinator.create_run(config)
-        relay.wake()
-        events = await _follow(log, coordinator, run_id, progress)
-        state = coordinator.run_state(run_id)
+        events = await _follow(log, coordinator.coordinator, run_id, progress)
+        state = coordinator.coordinator.run_state(run_id)
         latest = state.latest_model
         final_model = await log.get_blob(latest[1]) if latest else b""
         return EmbeddedResult(
             run_id=run_id, reason=state.completed or "", database=database, events=events, final_model=final_model
         )
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for app in reversed(apps):
+            await (app.stop(grace=1.0) if isinstance(app, CoordinatorApp) else app.stop())
         await broker.close()
-        for transport in transports:
-            await transport.close()
-        await server.stop(grace=1.0)
         await log.close()
 
 
-def _advancing(coordinator: Coordinator, relay: OutboxRelay) -> Handler:
-    async def handle(envelope: Envelope) -> None:
-        await coordinator.advance(envelope.run_id)
-        relay.wake()
-
-    return handle
-
-
-async def _wake_on_change(coordinator: Coordinator, relay: OutboxRelay) -> None:
-    while True:
-        await coordinator.changed.wait()
-        coordinator.changed.clear()
-        relay.wake()
+def embedded_settings(config: RunConfig, data_dir: str | None, tokens: TokenAuthority) -> Settings:
+    """The deployed roles' settings for one machine: gRPC on a free loopback port, one partition per client."""
+    env = {
+        "FEDBUS_GRPC_BIND": "127.0.0.1:0",
+        "FEDBUS_PARTITIONS": str(config.clients),
+        "FEDBUS_ENROLLMENT_TOKEN": tokens.enrollment_token,
+        "FEDBUS_DATA_DIR": data_dir or "",
+    }
+    return Settings.from_env(env)
 
 
 async def _follow(
-    log: SqlEventLog, coordinator: Coordinator, run_id: str, progress: Progress | None
+    log: EventLog, coordinator: Coordinator, run_id: str, progress: Progress | None
 ) -> list[RecordedEvent]:
     events: list[RecordedEvent] = []
     version = 0
     while True:
-        batch = await log.read_stream(f"run:{run_id}", after_version=version)
+        batch = await log.read_stream(run_stream(run_id), after_version=version)
         for recorded in batch:
             events.append(recorded)
             if progress is not None:

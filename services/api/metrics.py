@@ -24,17 +24,23 @@ class LogStatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
-        yield GaugeMetricFamily("fedbus_rounds_aggregated", "Rounds aggregated, all runs", value=s.rounds_aggregated)
-        yield GaugeMetricFamily("fedbus_updates_accepted", "Updates accepted, all runs", value=s.updates_accepted)
-        rejected = GaugeMetricFamily("fedbus_updates_rejected", "Updates rejected, by reason", labels=["reason"])
+        yield GaugeMetricFamily(
+            "fedbus_log_rounds_aggregated", "Rounds aggregated, all runs", value=s.rounds_aggregated
+        )
+        yield GaugeMetricFamily("fedbus_log_updates_accepted", "Updates accepted, all runs", value=s.updates_accepted)
+        rejected = GaugeMetricFamily("fedbus_log_updates_rejected", "Updates rejected, by reason", labels=["reason"])
         for reason, count in sorted(s.rejected_by_reason.items()):
             rejected.add_metric([reason], count)
         yield rejected
-        yield GaugeMetricFamily("fedbus_update_bytes_in", "Wire bytes of accepted updates", value=s.bytes_in)
+        yield GaugeMetricFamily("fedbus_log_update_bytes_in", "Wire bytes of accepted updates", value=s.bytes_in)
         optional = (
-            ("fedbus_last_compression_ratio", "Raw/wire ratio of the last accepted update", s.last_compression_ratio),
-            ("fedbus_epsilon_max", "Largest epsilon any client reported", s.epsilon_max),
-            ("fedbus_last_aggregation_duration_seconds", "Duration of the last aggregation", s.last_aggregation_s),
+            (
+                "fedbus_log_last_compression_ratio",
+                "Raw/wire ratio of the last accepted update",
+                s.last_compression_ratio,
+            ),
+            ("fedbus_log_epsilon_max", "Largest epsilon any client reported", s.epsilon_max),
+            ("fedbus_log_last_aggregation_duration_seconds", "Duration of the last aggregation", s.last_aggregation_s),
         )
         for name, text, value in optional:
             family = GaugeMetricFamily(name, text)

@@ -12,7 +12,7 @@ from services.cli.options import config_from
 
 
 def coordinator(args: argparse.Namespace) -> int:
-    from services.deployed.coordinator_main import serve
+    from services.roots.coordinator import serve
 
     settings = Settings.from_env()
     has_options = any(getattr(args, k, None) is not None for k in ("config", "clients", "rounds", "dataset"))
@@ -25,7 +25,7 @@ def coordinator(args: argparse.Namespace) -> int:
 
 
 def aggregator(args: argparse.Namespace) -> int:
-    from services.deployed.aggregator_main import serve
+    from services.roots.aggregator import serve
 
     settings = Settings.from_env()
     run_until_signalled(lambda stop: serve(settings, stop))
@@ -33,7 +33,7 @@ def aggregator(args: argparse.Namespace) -> int:
 
 
 def client(args: argparse.Namespace) -> int:
-    from services.deployed.client_main import serve
+    from services.roots.client import serve
 
     settings = Settings.from_env()
     run_until_signalled(lambda stop: serve(settings, stop))

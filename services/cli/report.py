@@ -4,66 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
-from contracts.events import RoundAggregated, RoundStarted, RunCompleted, UpdateAccepted
+from contracts.events import RunCompleted
+from contracts.run_state import RoundSummary, fold_run
 
 
-@dataclass(slots=True)
-class RoundRow:
-    round: int
-    accuracy: float
-    loss: float
-    train_loss: float
-    epsilon: float | None
-    updates: int
-    bytes_sent: int
-    raw_bytes: int
-    compression_ratio: float
-    duration_s: float
-    elapsed_s: float
-
-
-def round_rows(events: list[RecordedEvent]) -> list[RoundRow]:
-    """One row per aggregated round, from the run's events alone."""
-    start = events[0].envelope.occurred_at if events else 0.0
-    accepted: dict[int, list[UpdateAccepted]] = {}
-    started: dict[int, float] = {}
-    epsilon: float | None = None
-    rows: list[RoundRow] = []
-    for recorded in events:
-        event, at = recorded.envelope.event, recorded.envelope.occurred_at
-        if isinstance(event, RoundStarted):
-            started.setdefault(event.round, at)
-            accepted[event.round] = []
-        elif isinstance(event, UpdateAccepted) and not event.late:
-            accepted.setdefault(event.round, []).append(event)
-            if event.epsilon is not None:
-                epsilon = max(epsilon or 0.0, event.epsilon)
-        elif isinstance(event, RoundAggregated):
-            ups = accepted.get(event.round, [])
-            wire = sum(u.wire_bytes for u in ups)
-            raw = sum(u.raw_bytes for u in ups)
-            rows.append(
-                RoundRow(
-                    round=event.round,
-                    accuracy=float(event.metrics.get("accuracy", 0.0)),
-                    loss=float(event.metrics.get("loss", 0.0)),
-                    train_loss=float(event.metrics.get("train_loss", 0.0)),
-                    epsilon=epsilon,
-                    updates=event.num_updates,
-                    bytes_sent=wire,
-                    raw_bytes=raw,
-                    compression_ratio=raw / wire if wire else 1.0,
-                    duration_s=at - started.get(event.round, at),
-                    elapsed_s=at - start,
-                )
-            )
-    return rows
+def round_rows(events: list[RecordedEvent]) -> list[RoundSummary]:
+    """One row per aggregated round, from the run's events alone (the run-state fold every reader shares)."""
+    return fold_run(events).summaries if events else []
 
 
 def completion(events: list[RecordedEvent]) -> RunCompleted | None:
@@ -73,16 +26,16 @@ def completion(events: list[RecordedEvent]) -> RunCompleted | None:
     return None
 
 
-def write_metrics(out: Path, rows: list[RoundRow]) -> None:
+def write_metrics(out: Path, rows: list[RoundSummary]) -> None:
     (out / "metrics.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     with (out / "metrics.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(RoundRow.__dataclass_fields__))
+        writer = csv.DictWriter(f, fieldnames=list(RoundSummary.__dataclass_fields__))
         writer.writeheader()
         for row in rows:
             writer.writerow(asdict(row))
 
 
-def write_plot(out: Path, rows: list[RoundRow], title: str) -> Path:
+def write_plot(out: Path, rows: list[RoundSummary], title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +62,7 @@ def write_plot(out: Path, rows: list[RoundRow], title: str) -> Path:
 
 
 def summary(
-    *, run_id: str, config: RunConfig, rows: list[RoundRow], reason: str, wall_seconds: float
+    *, run_id: str, config: RunConfig, rows: list[RoundSummary], reason: str, wall_seconds: float
 ) -> dict[str, Any]:
     last = rows[-1] if rows else None
     return {

@@ -15,7 +15,8 @@ from rich.table import Table
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.errors import ConfigError
-from contracts.events import ClientDeclined, RoundAggregated, RoundFailed, RoundStarted, RunCompleted, UpdateAccepted
+from contracts.events import ClientDeclined, RoundAggregated, RoundFailed, RoundStarted, RunCompleted, RunCreated
+from contracts.run_state import RunState, state_from_created
 from contracts.tensor_codec import decode_tensors
 from services.api.server import ApiServer
 from services.api.settings import ApiSettings
@@ -43,34 +44,34 @@ def preflight(config: RunConfig, data_dir: str | None, device: str = "cpu") -> N
 
 
 class ProgressPrinter:
+    """One line per round as the run's events arrive, from the same run-state fold as the reports."""
+
     def __init__(self, console: Console) -> None:
         self._console = console
-        self._uploads: dict[int, list[UpdateAccepted]] = {}
+        self._run: RunState | None = None
 
     def __call__(self, recorded: RecordedEvent) -> None:
         event = recorded.envelope.event
+        if self._run is None:
+            if not isinstance(event, RunCreated):
+                return
+            self._run = state_from_created(event, recorded.envelope.occurred_at)
+        self._run.apply_recorded(recorded)
         if isinstance(event, RoundStarted):
-            self._uploads[event.round] = []
             self._console.print(
                 f"[dim]round {event.round} (attempt {event.attempt}): {len(event.selected)} clients selected[/dim]"
             )
-        elif isinstance(event, UpdateAccepted):
-            self._uploads.setdefault(event.round, []).append(event)
         elif isinstance(event, ClientDeclined):
             self._console.print(f"[yellow]  {event.client_id} declined round {event.round}: {event.reason}[/yellow]")
         elif isinstance(event, RoundFailed):
             self._console.print(f"[red]  round {event.round} failed: {event.reason}[/red]")
         elif isinstance(event, RoundAggregated):
-            ups = self._uploads.get(event.round, [])
-            eps = max((u.epsilon for u in ups if u.epsilon is not None), default=None)
-            wire = sum(u.wire_bytes for u in ups)
-            raw = sum(u.raw_bytes for u in ups)
+            row = self._run.summaries[-1]
             self._console.print(
-                f"round {event.round:>3}  accuracy {event.metrics.get('accuracy', 0):.4f}  "
-                f"loss {event.metrics.get('loss', 0):.4f}  "
-                + (f"epsilon {eps:.3f}  " if eps is not None else "no DP  ")
-                + f"updates {event.num_updates}  sent {wire / 1024:.1f} KiB  ratio {raw / max(1, wire):.2f}x  "
-                f"({event.duration_s:.1f}s aggregate)"
+                f"round {row.round:>3}  accuracy {row.accuracy:.4f}  loss {row.loss:.4f}  "
+                + (f"epsilon {row.epsilon:.3f}  " if row.epsilon is not None else "no DP  ")
+                + f"updates {row.updates}  sent {row.bytes_sent / 1024:.1f} KiB  ratio {row.compression_ratio:.2f}x  "
+                f"({row.aggregate_s:.1f}s aggregate)"
             )
         elif isinstance(event, RunCompleted):
             self._console.print(f"[bold]run completed: {event.reason} after {event.rounds} rounds[/bold]")

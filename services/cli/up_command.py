@@ -19,6 +19,7 @@ from rich.console import Console
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.events import RunCompleted
+from contracts.streams import run_stream
 from ops.settings import Settings
 from persistence.migrations import upgrade
 from persistence.sql_admin import ensure_database
@@ -116,7 +117,7 @@ async def _deploy(config: RunConfig, args: argparse.Namespace, console: Console)
 async def _follow(event_log: SqlEventLog, run_id: str, fleet: Fleet, progress: ProgressPrinter) -> list[RecordedEvent]:
     events: list[RecordedEvent] = []
     while True:
-        batch = await event_log.read_stream(f"run:{run_id}", after_version=len(events))
+        batch = await event_log.read_stream(run_stream(run_id), after_version=len(events))
         for recorded in batch:
             events.append(recorded)
             progress(recorded)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 from contracts.config import RunConfig
-from services.coordinator.state import RoundState
+from contracts.run_state import RoundState, quorum_size
 
 
 class StopReason(StrEnum):
@@ -30,18 +30,14 @@ def select_clients(
     return tuple(sorted(rng.sample(pool, count)))
 
 
-def quorum_size(selected: int, quorum: float, min_updates: int) -> int:
-    return min(selected, max(min_updates, math.ceil(quorum * selected)))
-
-
 class RoundDecision(StrEnum):
     WAIT = "wait"
     QUORUM = "quorum"
     FAIL = "fail"
 
 
-def decide(round_: RoundState, config: RunConfig, now: float) -> RoundDecision:
-    """Whether an open round should close now, and how."""
+def close_decision(round_: RoundState, config: RunConfig, now: float) -> RoundDecision:
+    """Whether an open round should close now, and how: the grace period runs from the fold's `quorum_at`."""
     if round_.closed:
         return RoundDecision.WAIT
     selected = len(round_.selected)

@@ -21,13 +21,13 @@ def scrape(api: ApiServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
 def test_gauges_summarize_the_log(api: ApiServer) -> None:
     samples = scrape(api)
 
-    assert samples[("fedbus_rounds_aggregated", ())] == 2
-    assert samples[("fedbus_updates_accepted", ())] == 4
-    assert samples[("fedbus_updates_rejected", (("reason", "norm"),))] == 2
-    assert samples[("fedbus_update_bytes_in", ())] == 2 * (2_000 + 2_001)
-    assert samples[("fedbus_last_compression_ratio", ())] == pytest.approx(3.9)
-    assert samples[("fedbus_epsilon_max", ())] == pytest.approx(1.1)
-    assert samples[("fedbus_last_aggregation_duration_seconds", ())] == pytest.approx(0.25)
+    assert samples[("fedbus_log_rounds_aggregated", ())] == 2
+    assert samples[("fedbus_log_updates_accepted", ())] == 4
+    assert samples[("fedbus_log_updates_rejected", (("reason", "norm"),))] == 2
+    assert samples[("fedbus_log_update_bytes_in", ())] == 2 * (2_000 + 2_001)
+    assert samples[("fedbus_log_last_compression_ratio", ())] == pytest.approx(3.9)
+    assert samples[("fedbus_log_epsilon_max", ())] == pytest.approx(1.1)
+    assert samples[("fedbus_log_last_aggregation_duration_seconds", ())] == pytest.approx(0.25)
 
 
 def test_requests_are_counted_by_route_template_and_status(api: ApiServer) -> None:

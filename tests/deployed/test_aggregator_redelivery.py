@@ -77,9 +77,15 @@ async def prepare(event_log: SqlEventLog) -> Envelope:
                 metrics={"loss": 1.0},
             )
         )
-    quorum = QuorumReached(
-        run_id=RUN, round=1, model_version=0, update_ids=tuple(a.update_id for a in accepted), partial=False
+    base = next(
+        r.envelope.event for r in await event_log.read_stream(f"run:{RUN}") if r.envelope.type == "ModelInitialized"
     )
+    assert isinstance(base, ModelInitialized)
+    quorum = QuorumReached(
+        run_id=RUN, round=1, model_version=0, update_ids=tuple(a.update_id for a in accepted), partial=False,
+        base_model_digest=base.model_digest, update_digests=tuple(a.digest for a in accepted),
+        sample_counts=tuple(a.num_samples for a in accepted),
+    )  # fmt: skip
     closing: list[Event] = [*accepted, quorum]
     await event_log.append(f"run:{RUN}", [Envelope(event=e) for e in closing])
     return (await event_log.read_stream(f"run:{RUN}"))[-1].envelope

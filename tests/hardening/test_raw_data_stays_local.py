@@ -19,15 +19,15 @@ from contracts.compression import decompress_update
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.events import ModelInitialized, RoundStarted, UpdateAccepted
-from contracts.models import ClientCapabilities
 from contracts.ports import Handler
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import encode_with_manifest
+from contracts.uploads import ClientCapabilities
 from ops.clock import SystemClock
 from persistence.in_memory_event_log import InMemoryEventLog
-from services.coordinator.server import start_grpc_server
-from services.coordinator.service import Coordinator
+from services.coordinator.coordinator import Coordinator
+from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from tests.support.polling import eventually
 from workers.client.trainer import PoolTrainer, partition_indices

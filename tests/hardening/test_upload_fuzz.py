@@ -21,12 +21,12 @@ from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.errors import ConfigError
 from contracts.events import ModelInitialized, QuorumReached, RoundStarted, UpdateAccepted, UpdateRejected
-from contracts.models import ModelUpdate
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import encode_with_manifest
 from contracts.update_validation import RejectReason
-from services.coordinator.status import REASON_STATUS
+from contracts.uploads import UploadHeader
+from services.coordinator.grpc_status import REASON_STATUS
 from tests.hardening.loop_thread import LoopThread
 from tests.hardening.tally import Tally
 from tests.hardening.upload_cases import EXPECTED, Attempt, Target, build, header, recipes, zstd_bomb
@@ -241,6 +241,6 @@ def test_non_finite_or_absurd_header_numbers_are_refused_where_bytes_become_obje
     }  # fmt: skip
 
     with pytest.raises(ConfigError) as refused:
-        ModelUpdate(**fields)  # type: ignore[arg-type]
+        UploadHeader(**fields)  # type: ignore[arg-type]
 
     assert refused.value.field == field

@@ -13,12 +13,12 @@ from contracts.compression import compress_update, parse_compression
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.events import ModelInitialized, RoundStarted
-from contracts.models import ClientCapabilities, ModelUpdate
 from contracts.tensor_codec import encode_with_manifest, sha256_hex
 from contracts.tensors import TensorDict
+from contracts.uploads import ClientCapabilities, UploadHeader
 from persistence.in_memory_event_log import InMemoryEventLog
-from services.coordinator.server import start_grpc_server
-from services.coordinator.service import Coordinator
+from services.coordinator.coordinator import Coordinator
+from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from workers.client.transport import FederationClient, Registration
 
@@ -34,7 +34,7 @@ class World:
     round: RoundStarted
     clients: list[tuple[FederationClient, Registration]]
 
-    def header_for(self, registration: Registration, payload: bytes, **overrides: object) -> ModelUpdate:
+    def header_for(self, registration: Registration, payload: bytes, **overrides: object) -> UploadHeader:
         fields: dict[str, object] = {
             "run_id": self.run_id,
             "round": self.round.round,
@@ -48,7 +48,7 @@ class World:
             "metrics": {"loss": 0.5},
         }
         fields.update(overrides)
-        return ModelUpdate(**fields)  # type: ignore[arg-type]
+        return UploadHeader(**fields)  # type: ignore[arg-type]
 
     async def events_of(self, cls: type) -> list[object]:
         return [

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from benchmarks import flower
-from services.deployed.pool import process_pool
+from services.roots.pool import process_pool
 
 pytestmark = [pytest.mark.slow]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from contracts.models import ClientCapabilities
+from contracts.uploads import ClientCapabilities
 from ops.settings import Settings
 from ops.tls import ClientTls, ServerTls
 from persistence.in_memory_event_log import InMemoryEventLog
-from services.coordinator.server import start_grpc_server
-from services.coordinator.service import Coordinator
+from services.coordinator.coordinator import Coordinator
+from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority, Unauthenticated
 from tests.support.certificates import Pki, make_pki
 from workers.client.transport import FederationClient

@@ -400,7 +400,11 @@ async def aggregate_one_round(
     await log.append("run:r", [Envelope(event=e) for e in events])
     worker = AggregatorWorker(log, cast(PoolEvaluator, NoEvaluation()))
     ids = tuple(f"u{i}" for i in range(len(rows)))
-    quorum = QuorumReached(run_id="r", round=1, model_version=0, update_ids=ids, partial=False)
+    accepted = [e for e in events if isinstance(e, UpdateAccepted)]
+    quorum = QuorumReached(
+        run_id="r", round=1, model_version=0, update_ids=ids, partial=False, base_model_digest=manifest.digest,
+        update_digests=tuple(e.digest for e in accepted), sample_counts=tuple(e.num_samples for e in accepted),
+    )  # fmt: skip
     await worker.handle(Envelope(event=quorum))
     recorded = [r.envelope.event for r in await log.read_stream("run:r")]
     done = [e for e in recorded if isinstance(e, RoundAggregated)]

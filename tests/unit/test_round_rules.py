@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from contracts.config import RoundConfig, RunConfig
-from services.coordinator.rules import RoundDecision, StopReason, convergence, decide, quorum_size, select_clients
-from services.coordinator.state import RoundState
+from contracts.run_state import AcceptedUpdate, RoundState, quorum_size
+from services.coordinator.rules import RoundDecision, StopReason, close_decision, convergence, select_clients
 
 
 def open_round(selected: int = 4, *, deadline: float = 100.0) -> RoundState:
@@ -14,6 +14,10 @@ def open_round(selected: int = 4, *, deadline: float = 100.0) -> RoundState:
         round=1, attempt=1, model_version=0, model_digest="d", selected=tuple(f"c{i}" for i in range(selected)),
         deadline=deadline, started_at=0.0,
     )  # fmt: skip
+
+
+def updates(*clients: str) -> dict[str, AcceptedUpdate]:
+    return {c: AcceptedUpdate(update_id=f"u-{c}", digest="d" * 64, num_samples=10, loss=0.5) for c in clients}
 
 
 def config(**round_options: object) -> RunConfig:
@@ -38,29 +42,29 @@ def test_quorum_size_respects_min_updates_and_the_selection() -> None:
 
 def test_round_closes_at_the_quorum_without_grace() -> None:
     round_ = open_round()
-    round_.accepted = {"c0": "u0", "c1": "u1", "c2": "u2"}
+    round_.accepted = updates("c0", "c1", "c2")
 
-    assert decide(round_, config(quorum=0.75), now=1.0) is RoundDecision.QUORUM
-    assert decide(round_, config(quorum=1.0), now=1.0) is RoundDecision.WAIT
+    assert close_decision(round_, config(quorum=0.75), now=1.0) is RoundDecision.QUORUM
+    assert close_decision(round_, config(quorum=1.0), now=1.0) is RoundDecision.WAIT
 
 
 def test_grace_period_waits_for_stragglers_then_closes() -> None:
     round_ = open_round()
-    round_.accepted = {"c0": "u0", "c1": "u1", "c2": "u2"}
+    round_.accepted = updates("c0", "c1", "c2")
     round_.quorum_at = 10.0
     cfg = config(quorum=0.75, grace_s=5.0)
 
-    assert decide(round_, cfg, now=12.0) is RoundDecision.WAIT
-    assert decide(round_, cfg, now=15.0) is RoundDecision.QUORUM
+    assert close_decision(round_, cfg, now=12.0) is RoundDecision.WAIT
+    assert close_decision(round_, cfg, now=15.0) is RoundDecision.QUORUM
 
 
 def test_deadline_closes_with_enough_updates_and_fails_below_min_updates() -> None:
     round_ = open_round(deadline=50.0)
-    round_.accepted = {"c0": "u0"}
+    round_.accepted = updates("c0")
 
-    assert decide(round_, config(quorum=1.0, min_updates=1), now=50.0) is RoundDecision.QUORUM
-    assert decide(round_, config(quorum=1.0, min_updates=2), now=50.0) is RoundDecision.FAIL
-    assert decide(round_, config(quorum=1.0, min_updates=2), now=49.0) is RoundDecision.WAIT
+    assert close_decision(round_, config(quorum=1.0, min_updates=1), now=50.0) is RoundDecision.QUORUM
+    assert close_decision(round_, config(quorum=1.0, min_updates=2), now=50.0) is RoundDecision.FAIL
+    assert close_decision(round_, config(quorum=1.0, min_updates=2), now=49.0) is RoundDecision.WAIT
 
 
 def test_when_everyone_answered_the_round_does_not_wait_for_the_deadline() -> None:
@@ -68,7 +72,7 @@ def test_when_everyone_answered_the_round_does_not_wait_for_the_deadline() -> No
     round_.rejected = {"c0"}
     round_.declined = {"c1"}
 
-    assert decide(round_, config(quorum=1.0, min_updates=1), now=1.0) is RoundDecision.FAIL
+    assert close_decision(round_, config(quorum=1.0, min_updates=1), now=1.0) is RoundDecision.FAIL
 
 
 @pytest.mark.parametrize(

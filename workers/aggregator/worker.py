@@ -18,11 +18,10 @@ from contracts.events import (
     QuorumReached,
     RoundAggregated,
     RoundFailed,
-    RoundStarted,
     RunCreated,
-    UpdateAccepted,
 )
 from contracts.ports import EventLog
+from contracts.streams import run_stream
 from contracts.tensor_codec import decode_tensors, encode_with_manifest
 from ops.metrics import FedbusMetrics
 from ops.telemetry import context_of, current_traceparent, tracer
@@ -35,8 +34,7 @@ _TRACER = tracer("fedbus.aggregator")
 CONSUMER = "aggregator"
 
 
-def _stream(run_id: str) -> str:
-    return f"run:{run_id}"
+MAX_CONFIGS = 64
 
 
 class AggregatorWorker:
@@ -52,6 +50,7 @@ class AggregatorWorker:
         self._metrics = metrics
         self._evaluator = evaluator
         self._max_weight = max_weight
+        self._configs: dict[str, RunConfig] = {}
         self.aggregations = 0
 
     async def handle(self, envelope: Envelope) -> None:
@@ -70,7 +69,7 @@ class AggregatorWorker:
                 await self._aggregate(envelope, event)
 
     async def _initialize(self, envelope: Envelope, event: RunCreated) -> None:
-        history = await self._log.read_stream(_stream(event.run_id))
+        history = await self._log.read_stream(run_stream(event.run_id))
         if any(isinstance(r.envelope.event, ModelInitialized) for r in history):
             return
         config = RunConfig.from_dict(event.config)
@@ -83,18 +82,27 @@ class AggregatorWorker:
         async with self._log.transaction() as uow:
             if await uow.claim(CONSUMER, envelope.event_id):
                 await uow.put_blob(manifest.digest, "model", data)
-                await uow.append(_stream(event.run_id), [Envelope(event=done, traceparent=envelope.traceparent)])
+                await uow.append(run_stream(event.run_id), [Envelope(event=done, traceparent=envelope.traceparent)])
+
+    async def _config(self, run_id: str) -> RunConfig:
+        """The run's config, read once per run from its first event (the only history an aggregator reads)."""
+        if run_id not in self._configs:
+            history = await self._log.read_stream(run_stream(run_id))
+            created = next(r.envelope.event for r in history if isinstance(r.envelope.event, RunCreated))
+            assert isinstance(created, RunCreated)
+            while len(self._configs) >= MAX_CONFIGS:
+                self._configs.pop(next(iter(self._configs)))
+            self._configs[run_id] = RunConfig.from_dict(created.config)
+        return self._configs[run_id]
 
     async def _aggregate(self, envelope: Envelope, event: QuorumReached) -> None:
         started = time.perf_counter()
-        history = [r.envelope.event for r in await self._log.read_stream(_stream(event.run_id))]
-        if any(isinstance(e, RoundAggregated) and e.round == event.round for e in history):
-            return  # already aggregated (a redelivery after the commit)
-        created = next(e for e in history if isinstance(e, RunCreated))
-        config = RunConfig.from_dict(created.config)
-        models = {e.model_version: e.model_digest for e in history if isinstance(e, ModelInitialized | RoundAggregated)}
-        updates = {e.update_id: e for e in history if isinstance(e, UpdateAccepted)}
-        base = decode_tensors(await self._log.get_blob(models[event.model_version]))
+        if not event.base_model_digest or len(event.update_digests) != len(event.update_ids):
+            # Written by a coordinator before QuorumReached carried the updates: fail the round, it is retried.
+            await self._fail(envelope, event, "QuorumReached lacks the base model and update digests")
+            return
+        config = await self._config(event.run_id)
+        base = decode_tensors(await self._log.get_blob(event.base_model_digest))
         rules = config.round
         aggregator = aggregator_for(
             rules.aggregator,
@@ -103,12 +111,9 @@ class AggregatorWorker:
             clip_norm=rules.clip_norm,
             max_weight=self._max_weight if rules.max_sample_weight is None else rules.max_sample_weight,
         )
-        train_loss = 0.0
-        for update_id in event.update_ids:
-            accepted = updates[update_id]
-            delta = decompress_update(await self._log.get_blob(accepted.digest))
-            await asyncio.to_thread(aggregator.add, delta, accepted.num_samples)
-            train_loss += float(accepted.metrics.get("loss", 0.0)) * accepted.num_samples
+        for digest, num_samples in zip(event.update_digests, event.sample_counts, strict=True):
+            delta = decompress_update(await self._log.get_blob(digest))
+            await asyncio.to_thread(aggregator.add, delta, num_samples)
         try:
             combined = await asyncio.to_thread(aggregator.result)
         except ValueError as exc:
@@ -121,7 +126,7 @@ class AggregatorWorker:
             metrics = await self._evaluator.evaluate(
                 weights, model=config.model, dataset=config.dataset, limit=config.eval_limit
             )
-        metrics["train_loss"] = train_loss / max(1, sum(updates[u].num_samples for u in event.update_ids))
+        metrics["train_loss"] = event.train_loss
         data, manifest = encode_with_manifest(weights)
         done = RoundAggregated(
             run_id=event.run_id,
@@ -132,20 +137,19 @@ class AggregatorWorker:
             metrics=metrics,
             duration_s=time.perf_counter() - started,
         )
+        # A redelivery after this commit (a crash before the ack) finds its claim taken and changes nothing.
         async with self._log.transaction() as uow:
             if await uow.claim(CONSUMER, envelope.event_id):
                 await uow.put_blob(manifest.digest, "model", data)
-                await uow.append(_stream(event.run_id), [Envelope(event=done, traceparent=current_traceparent())])
+                await uow.append(run_stream(event.run_id), [Envelope(event=done, traceparent=current_traceparent())])
                 self.aggregations += 1
                 if self._metrics is not None:
                     self._metrics.observe(done, time.time())
                 log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)
 
     async def _fail(self, envelope: Envelope, event: QuorumReached, reason: str) -> None:
-        history = [r.envelope.event for r in await self._log.read_stream(_stream(event.run_id))]
-        attempt = max((e.attempt for e in history if isinstance(e, RoundStarted) and e.round == event.round), default=1)
-        failed = RoundFailed(run_id=event.run_id, round=event.round, attempt=attempt, reason=reason[:300])
+        failed = RoundFailed(run_id=event.run_id, round=event.round, attempt=event.attempt, reason=reason[:300])
         async with self._log.transaction() as uow:
             if await uow.claim(CONSUMER, envelope.event_id):
-                await uow.append(_stream(event.run_id), [Envelope(event=failed, traceparent=current_traceparent())])
+                await uow.append(run_stream(event.run_id), [Envelope(event=failed, traceparent=current_traceparent())])
         log.error("round %s of %s not aggregated: %s", event.round, event.run_id, reason)

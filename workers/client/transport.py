@@ -10,18 +10,17 @@ import grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from contracts.errors import DigestMismatch
-from contracts.models import ClientCapabilities, ModelUpdate
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import ChunkAssembler, iter_chunks
+from contracts.uploads import ClientCapabilities, UploadHeader
+from contracts.wire import CHUNK_SIZE, MAX_MESSAGE_BYTES, RETRY_AFTER_KEY
 from ops.tls import ClientTls
 
 T = TypeVar("T")
-CHUNK_SIZE = 1 << 20
 MAX_MODEL_BYTES = 2 << 30
 
 
-RETRY_AFTER_KEY = "fedbus-retry-after-ms"  # the coordinator's load-shedding hint (services/coordinator/servicer.py)
 MASKED_ABORT = "Internal error from Core"
 
 
@@ -60,8 +59,8 @@ class FederationClient:
         tls: ClientTls | None = None,
     ) -> None:
         options: list[tuple[str, int | str]] = [
-            ("grpc.max_receive_message_length", 4 << 20),
-            ("grpc.max_send_message_length", 4 << 20),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
         if tls is None:
             self._channel = grpc.aio.insecure_channel(address, options=options)
@@ -146,7 +145,7 @@ class FederationClient:
 
         return await self._retrying(call)
 
-    async def upload(self, header: ModelUpdate, payload: bytes) -> pb.UploadReply:
+    async def upload(self, header: UploadHeader, payload: bytes) -> pb.UploadReply:
         pb_header = pb.UpdateHeader(
             run_id=header.run_id,
             round=header.round,

@@ -13,10 +13,11 @@ import numpy as np
 from contracts.compression import ErrorFeedback, compress_update, parse_compression
 from contracts.envelope import Envelope
 from contracts.events import DECLINE_DATA_UNAVAILABLE, DECLINE_PRIVACY_BUDGET, RoundStarted, RunCompleted
-from contracts.models import ModelUpdate
 from contracts.ports import Clock
 from contracts.tensor_codec import decode_tensors, sha256_hex
 from contracts.tensors import TensorDict
+from contracts.train_plan import TrainPlan
+from contracts.uploads import UploadHeader
 from ops.telemetry import context_of, tracer
 from workers.client.ledger_store import LedgerStore
 from workers.client.trainer import PoolTrainer, partition_indices
@@ -35,7 +36,7 @@ class RunMemory:
 
     run_id: str
     indices: np.ndarray
-    plan: PrivacyPlan | None
+    dp: PrivacyPlan | None  # None when the run trains without differential privacy
     ledger: dict[str, Any] | None = None
     feedback: ErrorFeedback = field(default_factory=ErrorFeedback)
     done: set[tuple[int, int]] = field(default_factory=set)  # (round, attempt) already handled
@@ -69,6 +70,7 @@ class ClientWorker:
     async def handle(self, envelope: Envelope) -> None:
         event = envelope.event
         if isinstance(event, RoundStarted) and self.client_id in event.selected:
+            plan = TrainPlan.from_dict(event.train)  # once, here: a CodecError dead-letters the event
             attributes: dict[str, str | int] = {
                 "fedbus.client_id": self.client_id,
                 "fedbus.round": event.round,
@@ -76,13 +78,13 @@ class ClientWorker:
             }
             parent = context_of(envelope.traceparent)
             with _TRACER.start_as_current_span("client round", context=parent, attributes=attributes):
-                await self._on_round(event)
+                await self._on_round(event, plan)
         elif isinstance(event, RunCompleted):
             self._runs.pop(event.run_id, None)
 
-    async def _on_round(self, event: RoundStarted) -> None:
+    async def _on_round(self, event: RoundStarted, plan: TrainPlan) -> None:
         try:
-            memory = await self._memory(event)
+            memory = await self._memory(event, plan)
         except DataUnavailable as exc:
             # Retrying will not make the data appear: say so to the coordinator instead of poisoning the queue.
             log.error("client %s cannot train round %s: %s", self.client_id, event.round, exc)
@@ -92,51 +94,49 @@ class ClientWorker:
             return
         memory.done.add((event.round, event.attempt))
         try:
-            await self._train_and_upload(event, memory)
+            await self._train_and_upload(event, plan, memory)
         except BaseException:
             # Not handled (e.g. the coordinator unreachable past the retries): the redelivery must try again.
             memory.done.discard((event.round, event.attempt))
             raise
 
-    async def _train_and_upload(self, event: RoundStarted, memory: RunMemory) -> None:
-        train = event.train
-        privacy = train["privacy"]
-        plan = memory.plan
-        if plan is not None:
+    async def _train_and_upload(self, event: RoundStarted, plan: TrainPlan, memory: RunMemory) -> None:
+        privacy, dp = plan.privacy, memory.dp
+        if dp is not None:
             ledger = PrivacyLedger.from_dict(memory.ledger) if memory.ledger else PrivacyLedger()
             after = await asyncio.to_thread(  # RDP curves: CPU work, kept off the event loop
-                ledger.epsilon_after, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round, privacy["delta"]
+                ledger.epsilon_after, dp.noise_multiplier, dp.sample_rate, dp.steps_per_round, privacy.delta
             )
-            if after > float(privacy["epsilon"]) * (1 + 1e-6):
+            if after > privacy.epsilon * (1 + 1e-6):
                 log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)
                 await self._decline(event, DECLINE_PRIVACY_BUDGET)
                 return
         with _TRACER.start_as_current_span("download model"):
             base = await self._model(event)
         config = LocalTrainConfig(
-            model=train["model"],
-            dataset=train["dataset"],
+            model=plan.model,
+            dataset=plan.dataset,
             data_dir=self._data_dir,
-            epochs=int(train["epochs"]),
-            batch_size=int(train["batch_size"]),
-            lr=float(train["lr"]),
-            momentum=float(train["momentum"]),
-            dp=plan is not None,
-            max_grad_norm=float(privacy["max_grad_norm"]),
-            noise_multiplier=plan.noise_multiplier if plan else None,
-            delta=float(privacy["delta"]),
-            seed=int(train["seed"]) * 1000 + event.round * 7 + self._registration.partition_index,
+            epochs=plan.epochs,
+            batch_size=plan.batch_size,
+            lr=plan.lr,
+            momentum=plan.momentum,
+            dp=dp is not None,
+            max_grad_norm=privacy.max_grad_norm,
+            noise_multiplier=dp.noise_multiplier if dp else None,
+            delta=privacy.delta,
+            seed=plan.seed * 1000 + event.round * 7 + self._registration.partition_index,
         )
         with _TRACER.start_as_current_span("train", attributes={"fedbus.samples": len(memory.indices)}):
             result = await self._trainer.train(base, memory.indices, config, memory.ledger)
-        memory.ledger = result.ledger if plan is not None else None
+        memory.ledger = result.ledger if dp is not None else None
         if memory.ledger is not None and self._ledgers is not None:
             # Spent once the noisy model exists, whether or not the upload then succeeds.
             await asyncio.to_thread(self._ledgers.save, event.run_id, memory.ledger)
-        spec = parse_compression(str(train["compression"]))
+        spec = parse_compression(plan.compression)
         with _TRACER.start_as_current_span("compress", attributes={"fedbus.codec": str(spec)}):
             compressed = await asyncio.to_thread(compress_update, result.delta, spec, memory.feedback)
-        header = ModelUpdate(
+        header = UploadHeader(
             run_id=event.run_id,
             round=event.round,
             client_id=self.client_id,
@@ -165,34 +165,32 @@ class ClientWorker:
         except grpc.aio.AioRpcError as exc:
             log.warning("client %s: decline refused: %s %s", self.client_id, exc.code(), exc.details())
 
-    async def _memory(self, event: RoundStarted) -> RunMemory:
+    async def _memory(self, event: RoundStarted, plan: TrainPlan) -> RunMemory:
         if event.run_id not in self._runs:
-            train = event.train
             reg = self._registration
             indices = await asyncio.to_thread(
                 partition_indices,
-                train["dataset"],
+                plan.dataset,
                 self._data_dir,
-                scheme=train["partition"],
+                scheme=plan.partition,
                 count=reg.partition_count,
                 index=reg.partition_index,
-                seed=int(train["seed"]),
-                limit=train.get("train_limit"),
+                seed=plan.seed,
+                limit=plan.train_limit,
             )
-            privacy = train["privacy"]
-            plan = None
-            if privacy["enabled"]:
-                plan = await asyncio.to_thread(
+            dp = None
+            if plan.privacy.enabled:
+                dp = await asyncio.to_thread(
                     plan_privacy,
-                    target_epsilon=float(privacy["epsilon"]),
-                    delta=float(privacy["delta"]),
+                    target_epsilon=plan.privacy.epsilon,
+                    delta=plan.privacy.delta,
                     num_samples=len(indices),
-                    batch_size=int(train["batch_size"]),
-                    epochs_per_round=int(train["epochs"]),
-                    rounds=int(train["rounds"]),
+                    batch_size=plan.batch_size,
+                    epochs_per_round=plan.epochs,
+                    rounds=plan.rounds,
                 )
-            kept = await asyncio.to_thread(self._ledgers.load, event.run_id) if self._ledgers and plan else None
-            self._runs[event.run_id] = RunMemory(run_id=event.run_id, indices=indices, plan=plan, ledger=kept)
+            kept = await asyncio.to_thread(self._ledgers.load, event.run_id) if self._ledgers and dp else None
+            self._runs[event.run_id] = RunMemory(run_id=event.run_id, indices=indices, dp=dp, ledger=kept)
         return self._runs[event.run_id]
 
     async def _model(self, event: RoundStarted) -> TensorDict:

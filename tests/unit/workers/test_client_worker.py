@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from broker.disposition import Disposition, settle
 from contracts.envelope import Envelope
+from contracts.errors import CodecError
+from contracts.event_codec import encode_envelope
 from contracts.events import RoundStarted
 from contracts.tensor_codec import encode_with_manifest
 from workers.client.ledger_store import LedgerStore
@@ -66,12 +69,12 @@ class Clock:
         return 0.0
 
 
-def round_started(round_: int, *, epsilon: float = 3.0) -> Envelope:
-    train = {
+def round_started(round_: int, *, epsilon: float = 3.0, **changes: object) -> Envelope:
+    train: dict[str, Any] = {
         "model": "mnist_dp_cnn", "dataset": "mnist", "partition": "iid", "partition_count": 2, "seed": 0, "rounds": 2,
         "epochs": 1, "batch_size": 64, "lr": 0.1, "momentum": 0.0, "compression": "int8", "train_limit": 1000,
         "privacy": {"enabled": True, "epsilon": epsilon, "delta": 1e-5, "max_grad_norm": 1.0},
-    }  # fmt: skip
+    } | changes  # fmt: skip
     event = RoundStarted(
         run_id="r", round=round_, attempt=1, model_version=round_ - 1, model_digest=MANIFEST.digest,
         selected=("c-1",), deadline=10.0, train=train,
@@ -121,6 +124,23 @@ def test_a_client_declines_a_round_that_would_pass_its_budget() -> None:
     assert transport.declines == [("r", 3, "privacy_budget")], (
         "the third would pass it: the ledger carried across rounds"
     )
+
+
+def test_a_malformed_plan_is_refused_naming_the_field_and_dead_lettered() -> None:
+    client, transport, trainer = worker()
+    bad = round_started(1, batch_size="64")
+
+    async def deliveries() -> Disposition:
+        with pytest.raises(CodecError, match=r"^train\.batch_size: "):
+            await client.handle(bad)
+        disposition = await settle(client.handle, encode_envelope(bad), message_id="m", queue="q")
+        await client.handle(round_started(1))  # the worker is still there, and nothing of the bad plan stuck
+        return disposition
+
+    disposition = asyncio.run(deliveries())
+
+    assert disposition is Disposition.DEAD_LETTER
+    assert len(trainer.calls) == 1 and len(transport.uploads) == 1 and transport.declines == []
 
 
 def test_a_client_without_its_data_declines_instead_of_failing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,20 +8,18 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from contracts.errors import CodecError, DigestMismatch
-from contracts.models import ClientCapabilities, ModelUpdate
+from contracts.errors import CodecError
 from contracts.ports import Clock
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
-from contracts.tensor_codec import ChunkAssembler, TooLarge, iter_chunks
-from contracts.update_validation import RejectReason
+from contracts.tensor_codec import iter_chunks
+from contracts.uploads import ClientCapabilities, UploadHeader
+from contracts.wire import CHUNK_SIZE, RETRY_AFTER_KEY
 from ops.clock import SystemClock
-from services.coordinator.service import Coordinator
-from services.coordinator.status import status_of
+from services.coordinator.coordinator import Coordinator
+from services.coordinator.grpc_status import status_of
 from services.coordinator.tokens import PermissionDenied, TokenAuthority, Unauthenticated
 
-CHUNK_SIZE = 1 << 20
-RETRY_AFTER_KEY = "fedbus-retry-after-ms"
 RETRY_AFTER_MS = 200
 DRAIN_BYTES = 4 << 20  # what a refused upload may still send before the refusal goes out
 DRAIN_SECONDS = 2.0
@@ -52,10 +50,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._chunk_size = chunk_size
 
     def _client_id(self, context: grpc.aio.ServicerContext[object, object]) -> str:
-        return self._tokens.verify(bearer(context), now=self._clock_now())
-
-    def _clock_now(self) -> float:
-        return self._clock.now()
+        return self._tokens.verify(bearer(context), now=self._clock.now())
 
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[object, object]
@@ -63,7 +58,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         try:
             self._tokens.check_enrollment(bearer(context))
             caps = request.capabilities
-            record = await self._coordinator.register(
+            record = await self._coordinator.clients.register(
                 ClientCapabilities(
                     device=caps.device, cores=caps.cores, memory_bytes=caps.memory_bytes, hostname=caps.hostname
                 ),
@@ -73,9 +68,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             await context.abort(*status_of(exc))
         return pb.RegisterReply(
             client_id=record.client_id,
-            client_token=self._tokens.issue(record.client_id, now=self._clock_now()),
+            client_token=self._tokens.issue(record.client_id, now=self._clock.now()),
             partition_index=record.partition_index,
-            partition_count=self._coordinator.partition_count,
+            partition_count=self._coordinator.clients.partition_count,
         )
 
     async def DownloadModel(
@@ -85,7 +80,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._client_id(context)
             if request.offset < 0:
                 raise CodecError("offset must be >= 0")
-            manifest, data = await self._coordinator.model(request.run_id, request.model_version)
+            manifest, data = await self._coordinator.models.model(request.run_id, request.model_version)
         except Exception as exc:
             await context.abort(*status_of(exc))
         specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in manifest.tensors]
@@ -109,14 +104,6 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         self._uploads += 1
         try:
-            return await self._upload(request_iterator, context)
-        finally:
-            self._uploads -= 1
-
-    async def _upload(
-        self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext[object, object]
-    ) -> pb.UploadReply:
-        try:
             client_id = self._client_id(context)
             first: pb.UpdateChunk | None = await anext(aiter(request_iterator), None)
             if first is None or not first.HasField("header"):
@@ -124,44 +111,13 @@ class FederationServicer(pb_grpc.FederationServicer):
             header = _header(first.header)
             if header.client_id != client_id:
                 raise PermissionDenied(f"token of {client_id} cannot upload as {header.client_id}")
-            ticket = await self._coordinator.begin_upload(client_id, header)
+            accepted = await self._coordinator.uploads.receive(client_id, header, first.data, _data(request_iterator))
         except Exception as exc:
             await _drain(request_iterator)
             await context.abort(*status_of(exc))
-        assert first is not None
-        try:
-            payload = await self._assemble(first.data, request_iterator, header, ticket.max_size)
-        except TooLarge as exc:
-            await context.abort(
-                *status_of(await self._coordinator.refuse_payload(ticket, RejectReason.TOO_LARGE, str(exc)))
-            )
-        except DigestMismatch as exc:
-            await context.abort(
-                *status_of(await self._coordinator.refuse_payload(ticket, RejectReason.DIGEST_MISMATCH, str(exc)))
-            )
-        except CodecError as exc:
-            await context.abort(
-                *status_of(await self._coordinator.refuse_payload(ticket, RejectReason.CORRUPT, str(exc)))
-            )
-        except BaseException:
-            self._coordinator.abandon_upload(ticket)
-            raise
-        try:
-            accepted = await self._coordinator.finish_upload(ticket, payload)
-        except Exception as exc:
-            await context.abort(*status_of(exc))
+        finally:
+            self._uploads -= 1
         return pb.UploadReply(update_id=accepted.update_id, accepted=True, late=accepted.late)
-
-    async def _assemble(
-        self, first: bytes, rest: AsyncIterator[pb.UpdateChunk], header: ModelUpdate, max_size: int
-    ) -> bytes:
-        assembler = ChunkAssembler(expected_size=header.total_size, expected_digest=header.sha256, max_size=max_size)
-        assembler.add(first)
-        async for chunk in rest:
-            if chunk.HasField("header"):
-                raise CodecError("only the first chunk may carry a header")
-            assembler.add(chunk.data)
-        return assembler.finish()
 
     async def Decline(
         self, request: pb.DeclineRequest, context: grpc.aio.ServicerContext[object, object]
@@ -172,6 +128,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         except Exception as exc:
             await context.abort(*status_of(exc))
         return pb.DeclineReply()
+
+
+async def _data(chunks: AsyncIterator[pb.UpdateChunk]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if chunk.HasField("header"):
+            raise CodecError("only the first chunk may carry a header")
+        yield chunk.data
 
 
 async def _drain(chunks: AsyncIterator[pb.UpdateChunk]) -> None:
@@ -191,9 +154,9 @@ async def _drain(chunks: AsyncIterator[pb.UpdateChunk]) -> None:
                     return
 
 
-def _header(h: pb.UpdateHeader) -> ModelUpdate:
+def _header(h: pb.UpdateHeader) -> UploadHeader:
     try:
-        return ModelUpdate(
+        return UploadHeader(
             run_id=h.run_id,
             round=h.round,
             client_id=h.client_id,

@@ -1,4 +1,4 @@
-"""Data models that cross process boundaries besides events: capabilities, updates and global models."""
+"""What a client sends besides events: its capabilities at registration and the header of an upload."""
 
 from __future__ import annotations
 
@@ -23,15 +23,7 @@ class ClientCapabilities:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GlobalModel:
-    run_id: str
-    version: int
-    digest: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelUpdate:
+class UploadHeader:
     """The header of an uploaded update, validated where the bytes arrive."""
 
     run_id: str

@@ -5,13 +5,11 @@ from __future__ import annotations
 import grpc
 
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
+from contracts.wire import MAX_MESSAGE_BYTES
 from ops.tls import ServerTls
-from services.coordinator.service import Coordinator
-from services.coordinator.servicer import FederationServicer
+from services.coordinator.coordinator import Coordinator
+from services.coordinator.federation_servicer import FederationServicer
 from services.coordinator.tokens import TokenAuthority
-
-# Chunks are 1 MiB; leave room for the header and protobuf framing.
-MAX_MESSAGE_BYTES = 4 << 20
 
 
 async def start_grpc_server(

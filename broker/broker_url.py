@@ -1,0 +1,53 @@
+"""Opens the broker an `amqp_url` names: `memory://` (the in-memory twin) or `amqp[s]://` (RabbitMQ).
+
+The scheme alone picks the adapter, so composition roots call `open_broker(settings.amqp_url)` and type
+against `Broker` (broker.bus, re-exported here), which both adapters satisfy.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from broker.bus import Broker
+from broker.in_memory_broker import InMemoryBroker
+from broker.rabbitmq import RabbitBroker
+from contracts.errors import ConfigError
+from ops.urls import redacted
+
+FIELD: Final = "amqp_url"
+MEMORY_SCHEME: Final = "memory"
+AMQP_SCHEMES: Final = ("amqp", "amqps")
+SCHEMES: Final = (MEMORY_SCHEME, *AMQP_SCHEMES)
+
+
+async def open_broker(url: str, *, connect_attempts: int = 30, declare_topology: bool = True) -> Broker:
+    """The broker at `url`, with the default topology; RabbitMQ's first connect is tried `connect_attempts` times.
+
+    `memory://` is a fresh broker private to this call and this event loop; it always declares the
+    topology. `declare_topology=False` is for least-privileged RabbitMQ users (clients), which may only
+    declare their own queue. Raises ConfigError("amqp_url", ...) for any other scheme.
+    """
+    if connect_attempts < 1:
+        raise ConfigError("connect_attempts", "must be at least 1")
+    scheme, separator, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme == MEMORY_SCHEME and separator:
+        if rest:
+            raise ConfigError(FIELD, f"{_shown(url)} names a host or path; memory:// takes none")
+        return InMemoryBroker()
+    if not separator or scheme not in AMQP_SCHEMES:
+        allowed = ", ".join(f"{name}://" for name in SCHEMES)
+        raise ConfigError(FIELD, f"{_shown(url)} is not a broker URL; schemes: {allowed}")
+    return await RabbitBroker.connect(url, connect_attempts=connect_attempts, declare_topology=declare_topology)
+
+
+def _shown(url: str) -> str:
+    if "://" not in url:
+        return "the value"  # no authority to find a password in, so none of it is echoed
+    try:
+        return repr(redacted(url))
+    except ValueError:  # urlsplit refuses it (a bad port or IPv6 host): echo nothing
+        return "the value"
+
+
+__all__ = ["FIELD", "SCHEMES", "Broker", "open_broker"]

@@ -1,0 +1,232 @@
+"""A run's state, folded from its event stream: the one fold every reader of a run's history uses.
+
+Every piece of round state is a fold of events, so a restarted coordinator rebuilds exactly what it had:
+the grace period, for one, starts at the `occurred_at` of the update that met the quorum, not at the moment
+some process noticed it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from contracts.config import RunConfig
+from contracts.envelope import RecordedEvent
+from contracts.events import (
+    DECLINE_PRIVACY_BUDGET,
+    ClientDeclined,
+    Event,
+    ModelInitialized,
+    QuorumReached,
+    RoundAggregated,
+    RoundFailed,
+    RoundStarted,
+    RunCompleted,
+    RunCreated,
+    UpdateAccepted,
+    UpdateRejected,
+)
+
+
+def quorum_size(selected: int, quorum: float, min_updates: int) -> int:
+    """Accepted updates that close a round of `selected` clients: the quorum fraction, at least min_updates."""
+    return min(selected, max(min_updates, math.ceil(quorum * selected)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptedUpdate:
+    """What an aggregator needs of one accepted update, carried to it in QuorumReached."""
+
+    update_id: str
+    digest: str
+    num_samples: int
+    loss: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundSummary:
+    """One aggregated round as reports show it (the CLI's progress, metrics.csv, summary.json)."""
+
+    round: int
+    accuracy: float
+    loss: float
+    train_loss: float
+    epsilon: float | None  # the most any client had spent by this round
+    updates: int
+    bytes_sent: int  # wire bytes of the round's on-time updates
+    raw_bytes: int
+    compression_ratio: float
+    duration_s: float  # from the round's first start to its aggregation
+    elapsed_s: float  # from the run's creation
+    aggregate_s: float
+
+
+@dataclass(slots=True)
+class RoundState:
+    round: int
+    attempt: int
+    model_version: int
+    model_digest: str
+    selected: tuple[str, ...]
+    deadline: float
+    started_at: float
+    accepted: dict[str, AcceptedUpdate] = field(default_factory=dict)  # client_id -> on-time update
+    late: dict[str, AcceptedUpdate] = field(default_factory=dict)
+    rejected: set[str] = field(default_factory=set)
+    declined: set[str] = field(default_factory=set)
+    wire_bytes: int = 0  # of the on-time updates
+    raw_bytes: int = 0
+    traceparent: str | None = None  # the round's trace: every event of the round joins it
+    quorum_at: float | None = None  # occurred_at of the update that met the quorum (the grace period starts)
+    closed: bool = False  # QuorumReached or RoundFailed appended
+    failed: bool = False
+    aggregated: bool = False
+
+    @property
+    def responded(self) -> int:
+        """Selected clients that answered; a client refused and then accepted, or not selected, counts once or not."""
+        answered = set(self.accepted) | self.rejected | self.declined
+        return len(answered.intersection(self.selected))
+
+    def has_sent(self, client_id: str) -> bool:
+        return client_id in self.accepted or client_id in self.late
+
+
+@dataclass(slots=True)
+class RunState:
+    run_id: str
+    config: RunConfig
+    version: int = 0  # the stream version this state reflects
+    models: dict[int, str] = field(default_factory=dict)  # model version -> digest
+    current: RoundState | None = None
+    accuracies: list[float] = field(default_factory=list)
+    exhausted: set[str] = field(default_factory=set)  # clients out of privacy budget
+    completed: str | None = None  # the reason, once RunCompleted
+    created_at: float | None = None
+    first_started: dict[int, float] = field(default_factory=dict)  # round -> when its first attempt started
+    epsilon: float | None = None  # the most any accepted update declared
+    summaries: list[RoundSummary] = field(default_factory=list)
+
+    @property
+    def latest_model(self) -> tuple[int, str] | None:
+        if not self.models:
+            return None
+        version = max(self.models)
+        return version, self.models[version]
+
+    def apply_recorded(self, recorded: RecordedEvent) -> None:
+        """Fold one event as the log recorded it, and move to its version (an event already folded is skipped,
+        so two refreshes that read the same batch concurrently fold it once)."""
+        if recorded.version <= self.version:
+            return
+        envelope = recorded.envelope
+        self.apply(envelope.event, envelope.occurred_at, envelope.traceparent)
+        self.version = recorded.version
+
+    def apply(self, event: Event, occurred_at: float, traceparent: str | None = None) -> None:
+        """Fold one event into the state; events that do not change a run's state are ignored."""
+        match event:
+            case RunCreated():
+                self.created_at = occurred_at
+            case ModelInitialized(model_version=v, model_digest=d):
+                self.models[v] = d
+            case RoundAggregated(model_version=v, model_digest=d):
+                self.models[v] = d
+                self.accuracies.append(float(event.metrics.get("accuracy", 0.0)))
+                if self.current is not None and self.current.round == event.round:
+                    self.current.aggregated = True
+                self.summaries.append(self._summary(event, occurred_at))
+            case RoundStarted():
+                self.first_started.setdefault(event.round, occurred_at)
+                self.current = RoundState(
+                    round=event.round,
+                    attempt=event.attempt,
+                    model_version=event.model_version,
+                    model_digest=event.model_digest,
+                    selected=event.selected,
+                    deadline=event.deadline,
+                    started_at=occurred_at,
+                    traceparent=traceparent,
+                )
+            case UpdateAccepted() if self._is_current(event.round):
+                self._accept(event, occurred_at)
+            case UpdateRejected() if self._is_current(event.round):
+                assert self.current is not None
+                self.current.rejected.add(event.client_id)
+            case ClientDeclined():
+                if event.reason == DECLINE_PRIVACY_BUDGET:
+                    self.exhausted.add(event.client_id)
+                if self._is_current(event.round):
+                    assert self.current is not None
+                    self.current.declined.add(event.client_id)
+            case QuorumReached() if self._is_current(event.round):
+                assert self.current is not None
+                self.current.closed = True
+            case RoundFailed() if self._is_current(event.round):
+                assert self.current is not None
+                self.current.closed = self.current.failed = True
+            case RunCompleted():
+                self.completed = event.reason
+            case _:
+                pass
+
+    def _accept(self, event: UpdateAccepted, occurred_at: float) -> None:
+        current = self.current
+        assert current is not None
+        update = AcceptedUpdate(
+            update_id=event.update_id,
+            digest=event.digest,
+            num_samples=event.num_samples,
+            loss=float(event.metrics.get("loss", 0.0)),
+        )
+        (current.late if event.late else current.accepted)[event.client_id] = update
+        if event.epsilon is not None:
+            self.epsilon = max(self.epsilon or 0.0, event.epsilon)
+        if not event.late:
+            current.wire_bytes += event.wire_bytes
+            current.raw_bytes += event.raw_bytes
+        rules = self.config.round
+        needed = quorum_size(len(current.selected), rules.quorum, rules.min_updates)
+        if current.quorum_at is None and not event.late and len(current.accepted) >= needed:
+            current.quorum_at = occurred_at
+
+    def _summary(self, event: RoundAggregated, occurred_at: float) -> RoundSummary:
+        current = self.current if self._is_current(event.round) else None
+        wire, raw = (current.wire_bytes, current.raw_bytes) if current else (0, 0)
+        return RoundSummary(
+            round=event.round,
+            accuracy=float(event.metrics.get("accuracy", 0.0)),
+            loss=float(event.metrics.get("loss", 0.0)),
+            train_loss=float(event.metrics.get("train_loss", 0.0)),
+            epsilon=self.epsilon,
+            updates=event.num_updates,
+            bytes_sent=wire,
+            raw_bytes=raw,
+            compression_ratio=raw / wire if wire else 1.0,
+            duration_s=occurred_at - self.first_started.get(event.round, occurred_at),
+            elapsed_s=occurred_at - (self.created_at if self.created_at is not None else occurred_at),
+            aggregate_s=event.duration_s,
+        )
+
+    def _is_current(self, round_: int) -> bool:
+        return self.current is not None and self.current.round == round_
+
+
+def state_from_created(event: RunCreated, occurred_at: float | None = None) -> RunState:
+    return RunState(run_id=event.run_id, config=RunConfig.from_dict(event.config), created_at=occurred_at)
+
+
+def fold_run(events: Iterable[RecordedEvent]) -> RunState:
+    """A run's state from its whole stream (the first event is its RunCreated)."""
+    run: RunState | None = None
+    for recorded in events:
+        event = recorded.envelope.event
+        if run is None:
+            if not isinstance(event, RunCreated):
+                raise ValueError(f"a run's stream starts with RunCreated, not {type(event).__name__}")
+            run = state_from_created(event, recorded.envelope.occurred_at)
+        run.apply_recorded(recorded)
+    if run is None:
+        raise ValueError("no events: a run's stream starts with RunCreated")
+    return run

@@ -1,0 +1,205 @@
+"""The plan a selected client trains a round with: built from the run's config by one function, carried
+in RoundStarted.train as plain data, and decoded and validated once where the client receives it.
+
+The plain shape is the one every event log written so far holds; change it only with a schema version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from contracts.config import PrivacyConfig, RoundConfig, RunConfig
+from contracts.errors import CodecError, ConfigError
+
+__all__ = ["MAX_PARTITIONS", "PlanPrivacy", "TrainPlan", "plan_for"]
+
+MAX_PARTITIONS = 100_000  # as many as a run may have clients
+_PLAN_KEYS = frozenset(
+    {
+        *("model", "dataset", "partition", "partition_count", "seed", "rounds"),
+        *("epochs", "batch_size", "lr", "momentum", "compression", "train_limit", "privacy"),
+    }
+)
+_PRIVACY_KEYS = frozenset({"enabled", "epsilon", "delta", "max_grad_norm"})
+# RunConfig owns the ranges; these of its fields travel under another name.
+_PLAN_NAME = {
+    "round.local_epochs": "epochs",
+    "round.batch_size": "batch_size",
+    "round.lr": "lr",
+    "round.momentum": "momentum",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanPrivacy:
+    """Record-level DP-SGD at the client: its budget over the run and the clipping bound."""
+
+    enabled: bool
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainPlan:
+    """What a client does with a round: which model and data, how to train locally, how to send it back."""
+
+    model: str
+    dataset: str
+    partition: str
+    partition_count: int
+    seed: int
+    rounds: int  # the run's planned rounds: the noise multiplier is calibrated over them
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    compression: str
+    train_limit: int | None
+    privacy: PlanPrivacy
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for RoundStarted.train."""
+        privacy = self.privacy
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "partition": self.partition,
+            "partition_count": self.partition_count,
+            "seed": self.seed,
+            "rounds": self.rounds,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "compression": self.compression,
+            "train_limit": self.train_limit,
+            "privacy": {
+                "enabled": privacy.enabled,
+                "epsilon": privacy.epsilon,
+                "delta": privacy.delta,
+                "max_grad_norm": privacy.max_grad_norm,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainPlan:
+        """The plan in ``data``; CodecError naming the field (``train.<name>``) when a key is missing or
+        unknown, or a value has the wrong type (bool is no number) or is outside what a RunConfig allows."""
+        train = _keys("train", data, _PLAN_KEYS)
+        privacy = _keys("train.privacy", train["privacy"], _PRIVACY_KEYS)
+        limit = train["train_limit"]
+        plan = cls(
+            model=_text("model", train["model"]),
+            dataset=_text("dataset", train["dataset"]),
+            partition=_text("partition", train["partition"]),
+            partition_count=_integer("partition_count", train["partition_count"]),
+            seed=_integer("seed", train["seed"]),
+            rounds=_integer("rounds", train["rounds"]),
+            epochs=_integer("epochs", train["epochs"]),
+            batch_size=_integer("batch_size", train["batch_size"]),
+            lr=_number("lr", train["lr"]),
+            momentum=_number("momentum", train["momentum"]),
+            compression=_text("compression", train["compression"]),
+            train_limit=None if limit is None else _integer("train_limit", limit, "an integer or null"),
+            privacy=PlanPrivacy(
+                enabled=_flag("privacy.enabled", privacy["enabled"]),
+                epsilon=_number("privacy.epsilon", privacy["epsilon"]),
+                delta=_number("privacy.delta", privacy["delta"]),
+                max_grad_norm=_number("privacy.max_grad_norm", privacy["max_grad_norm"]),
+            ),
+        )
+        try:
+            _check_ranges(plan)
+        except ConfigError as exc:
+            raise CodecError(f"train.{_PLAN_NAME.get(exc.field, exc.field)}: {exc.message}") from exc
+        return plan
+
+
+def plan_for(config: RunConfig, *, partition_count: int) -> TrainPlan:
+    """The plan every selected client of a round of ``config`` receives, the data cut into ``partition_count``."""
+    _check_partition_count(partition_count)
+    rules, privacy = config.round, config.privacy
+    return TrainPlan(
+        model=config.model,
+        dataset=config.dataset,
+        partition=config.partition,
+        partition_count=partition_count,
+        seed=config.seed,
+        rounds=config.rounds,
+        epochs=rules.local_epochs,
+        batch_size=rules.batch_size,
+        lr=rules.lr,
+        momentum=rules.momentum,
+        compression=config.compression,
+        train_limit=config.train_limit,
+        privacy=PlanPrivacy(
+            enabled=privacy.enabled, epsilon=privacy.epsilon, delta=privacy.delta, max_grad_norm=privacy.max_grad_norm
+        ),
+    )
+
+
+def _check_partition_count(count: int) -> None:
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise ConfigError("partition_count", f"must be in [1, {MAX_PARTITIONS}], got {count!r}")
+
+
+def _check_ranges(plan: TrainPlan) -> None:
+    """ConfigError unless some valid RunConfig has this plan (any client count: train_limit >= 1 here)."""
+    _check_partition_count(plan.partition_count)
+    privacy = plan.privacy
+    RunConfig(
+        model=plan.model,
+        dataset=plan.dataset,
+        partition=plan.partition,
+        clients=1,
+        seed=plan.seed,
+        rounds=plan.rounds,
+        compression=plan.compression,
+        train_limit=plan.train_limit,
+        privacy=PrivacyConfig(
+            enabled=privacy.enabled, epsilon=privacy.epsilon, delta=privacy.delta, max_grad_norm=privacy.max_grad_norm
+        ),
+        round=RoundConfig(local_epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum),
+    )
+
+
+def _keys(name: str, data: Any, allowed: frozenset[str]) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise CodecError(f"{name}: must be a map, got {data!r:.100}")
+    unknown = sorted(str(key) for key in data if key not in allowed)
+    if unknown:
+        raise CodecError(f"{name}.{unknown[0]:.100}: unknown field; allowed: {', '.join(sorted(allowed))}")
+    missing = sorted(allowed - set(data))
+    if missing:
+        raise CodecError(f"{name}.{missing[0]}: missing")
+    return data
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise CodecError(f"train.{name}: must be a string, got {value!r:.100}")
+    return value
+
+
+def _integer(name: str, value: Any, kind: str = "an integer") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CodecError(f"train.{name}: must be {kind}, got {value!r:.100}")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CodecError(f"train.{name}: must be a number, got {value!r:.100}")
+    try:
+        return float(value)
+    except OverflowError as exc:  # an int past 1e308
+        raise CodecError(f"train.{name}: {value!r:.40} does not fit a float") from exc
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise CodecError(f"train.{name}: must be true or false, got {value!r:.100}")
+    return value

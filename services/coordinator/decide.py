@@ -1,0 +1,190 @@
+"""The round's decisions as pure functions: (run state folded from events, client pool, now) -> events.
+
+No I/O, no clock reads, no mutation of the state passed in. The commit loop (commit.py) refreshes the
+state, calls one of these and appends what it returns at the state's version; on a conflict it refreshes
+and calls it again. Every branch of a round (DESIGN.md §7) is here: start, accept, quorum, grace,
+deadline, failure and retry, convergence, stop.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from contracts.train_plan import plan_for
+
+from contracts.events import (
+    ClientDeclined,
+    Event,
+    QuorumReached,
+    RoundFailed,
+    RoundStarted,
+    RunCompleted,
+    UpdateAccepted,
+    UpdateRejected,
+)
+from contracts.run_state import RunState
+from contracts.update_validation import RejectReason
+from contracts.uploads import UploadHeader
+from services.coordinator.errors import NoRoundOpen, UploadRefused
+from services.coordinator.rules import RoundDecision, StopReason, close_decision, convergence, select_clients
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientPool:
+    """The clients a decision may select from: registered and not evicted."""
+
+    active: frozenset[str]
+    partition_count: int
+
+
+def due(run: RunState, pool: ClientPool, now: float) -> list[Event]:
+    """Whatever is due now: the first round, closing the open one, a retry, the next round or the end."""
+    current = run.current
+    if run.completed:
+        return []
+    if current is None:
+        return _start_round(run, pool, now, round_=1, attempt=1) if run.latest_model else []
+    if current.aggregated:
+        reason = convergence(run.accuracies, run.config)
+        return [_completed(run, reason)] if reason else _start_round(run, pool, now, current.round + 1, 1)
+    if current.failed:
+        if current.attempt < run.config.round.max_attempts:
+            return _start_round(run, pool, now, current.round, current.attempt + 1)
+        return [_completed(run, StopReason.FAILED)]
+    decision = close_decision(current, run.config, now)
+    if decision is RoundDecision.QUORUM:
+        accepted = list(current.accepted.values())
+        samples = sum(u.num_samples for u in accepted)
+        return [
+            QuorumReached(
+                run_id=run.run_id,
+                round=current.round,
+                model_version=current.model_version,
+                update_ids=tuple(u.update_id for u in accepted),
+                partial=len(accepted) < len(current.selected),
+                attempt=current.attempt,
+                base_model_digest=current.model_digest,
+                update_digests=tuple(u.digest for u in accepted),
+                sample_counts=tuple(u.num_samples for u in accepted),
+                train_loss=sum(u.loss * u.num_samples for u in accepted) / max(1, samples),
+            )
+        ]
+    if decision is RoundDecision.FAIL:
+        why = "deadline" if now >= current.deadline else "too few updates"
+        return [RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=why)]
+    return []
+
+
+def then(run: RunState, events: Sequence[Event], pool: ClientPool, now: float) -> list[Event]:
+    """`events` followed by what becomes due once they are folded in (appended together, in one commit)."""
+    preview = copy.deepcopy(run)
+    for event in events:
+        preview.apply(event, now)
+    return [*events, *due(preview, pool, now)]
+
+
+def header_refusal(run: RunState, client_id: str, header: UploadHeader) -> UploadRefused | None:
+    """What the header alone says against an upload, before any of its bytes are read."""
+    current = run.current
+    if current is None or current.round != header.round or current.aggregated or run.completed:
+        return UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} is not open")
+    if client_id not in current.selected:
+        return UploadRefused(RejectReason.NOT_SELECTED, f"{client_id} was not selected")
+    if current.has_sent(client_id):
+        return UploadRefused(RejectReason.DUPLICATE, f"{client_id} already sent an update for round {header.round}")
+    if header.base_model_version != current.model_version:
+        detail = f"trained on version {header.base_model_version}, round uses {current.model_version}"
+        return UploadRefused(RejectReason.STALE_MODEL, detail)
+    limit = run.config.round.max_update_bytes
+    if header.total_size > limit:
+        return UploadRefused(RejectReason.TOO_LARGE, f"{header.total_size} bytes > limit {limit}")
+    return None
+
+
+def accept(
+    run: RunState, header: UploadHeader, *, update_id: str, wire_bytes: int, pool: ClientPool, now: float
+) -> list[Event]:
+    """UpdateAccepted for a validated, stored update (late once the round closed), then what is due.
+
+    Raises UploadRefused when the round closed for good or the client's update is already in.
+    """
+    current = run.current
+    if current is None or current.round != header.round or current.aggregated:
+        raise UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} closed while uploading")
+    if current.has_sent(header.client_id):
+        raise UploadRefused(RejectReason.DUPLICATE, "already accepted")
+    event = UpdateAccepted(
+        run_id=header.run_id,
+        round=header.round,
+        update_id=update_id,
+        client_id=header.client_id,
+        num_samples=header.num_samples,
+        digest=header.sha256,
+        wire_bytes=wire_bytes,
+        raw_bytes=header.raw_bytes,
+        ratio=header.raw_bytes / wire_bytes if header.raw_bytes else 1.0,
+        epsilon=header.epsilon,
+        metrics=dict(header.metrics),
+        late=current.closed,
+    )
+    return then(run, [event], pool, now)
+
+
+def reject(run: RunState, header: UploadHeader, refusal: UploadRefused, pool: ClientPool, now: float) -> list[Event]:
+    """UpdateRejected with the refusal's reason code, then what is due (everyone may have answered now)."""
+    event = UpdateRejected(
+        run_id=header.run_id,
+        round=header.round,
+        client_id=header.client_id,
+        reason=refusal.reason.value,
+        detail=refusal.detail[:500],
+    )
+    return then(run, [event], pool, now)
+
+
+def decline(run: RunState, client_id: str, round_: int, reason: str, pool: ClientPool, now: float) -> list[Event]:
+    """ClientDeclined for a selected client of the open round; NoRoundOpen otherwise."""
+    current = run.current
+    if current is None or current.round != round_ or client_id not in current.selected:
+        raise NoRoundOpen(f"{client_id} is not selected in an open round {round_} of {run.run_id}")
+    event = ClientDeclined(run_id=run.run_id, round=round_, client_id=client_id, reason=reason[:200])
+    return then(run, [event], pool, now)
+
+
+def stop(run: RunState) -> list[Event]:
+    """RunCompleted(stopped), unless the run already ended."""
+    return [] if run.completed else [_completed(run, StopReason.STOPPED)]
+
+
+def _start_round(run: RunState, pool: ClientPool, now: float, round_: int, attempt: int) -> list[Event]:
+    latest = run.latest_model
+    assert latest is not None
+    version, digest = latest
+    eligible = sorted(pool.active - run.exhausted)
+    if not eligible:
+        # Everyone left has spent their budget: the run is over. No client at all: wait for one.
+        return [_completed(run, StopReason.BUDGET)] if pool.active else []
+    config = run.config
+    selected = select_clients(
+        eligible, config.round.clients_per_round, seed=config.seed, round_=round_, attempt=attempt
+    )
+    plan = plan_for(config, partition_count=pool.partition_count)
+    return [
+        RoundStarted(
+            run_id=run.run_id,
+            round=round_,
+            attempt=attempt,
+            model_version=version,
+            model_digest=digest,
+            selected=selected,
+            deadline=now + config.round.timeout_s,
+            train=plan.to_dict(),
+        )
+    ]
+
+
+def _completed(run: RunState, reason: StopReason) -> RunCompleted:
+    metrics = {"accuracy": run.accuracies[-1]} if run.accuracies else {}
+    return RunCompleted(run_id=run.run_id, reason=reason.value, rounds=len(run.accuracies), metrics=metrics)

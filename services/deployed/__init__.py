@@ -1,1 +1,0 @@
-"""The deployed runnables: coordinator, aggregator and client as separate processes."""

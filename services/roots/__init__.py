@@ -1,0 +1,1 @@
+"""Composition roots: one per runnable (coordinator, aggregator, client), for deployed and embedded modes."""

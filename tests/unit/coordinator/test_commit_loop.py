@@ -1,0 +1,134 @@
+"""The commit loop around the decider, on the in-memory event log with a fake clock: restarts and conflicts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from contracts.config import PrivacyConfig, RoundConfig, RunConfig
+from contracts.envelope import Envelope
+from contracts.events import ModelInitialized, QuorumReached, RoundAggregated, RoundStarted, RunCompleted
+from contracts.streams import run_stream
+from contracts.uploads import ClientCapabilities, UploadHeader
+from persistence.in_memory_event_log import InMemoryEventLog
+from services.coordinator import decide
+from services.coordinator.coordinator import Coordinator
+
+RUN = "r1"
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.time = now
+
+    def now(self) -> float:
+        return self.time
+
+
+class InterleavingLog(InMemoryEventLog):
+    """Another writer appends `foreign` to a run's stream just before the coordinator's next append there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.foreign: list[Envelope] = []
+
+    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
+        if self.foreign and stream_id == run_stream(RUN) and expected_version is not None:
+            sneaked, self.foreign = self.foreign, []
+            await super().append(stream_id, sneaked)
+        return await super().append(stream_id, events, expected_version)
+
+
+def run_config() -> RunConfig:
+    rules = RoundConfig(quorum=0.5, grace_s=10.0, timeout_s=100.0)
+    return RunConfig(clients=4, rounds=3, privacy=PrivacyConfig(enabled=False), round=rules)
+
+
+async def started_run(log: InMemoryEventLog, clock: FakeClock) -> tuple[Coordinator, list[str]]:
+    coordinator = Coordinator(log, partition_count=4, clock=clock)
+    clients = [(await coordinator.clients.register(ClientCapabilities(), f"site-{i}")).client_id for i in range(4)]
+    await coordinator.create_run(run_config(), RUN)
+    init = ModelInitialized(run_id=RUN, model_version=0, model_digest="m0", num_parameters=1)
+    await log.append(run_stream(RUN), [Envelope(event=init)])
+    await coordinator.advance(RUN)
+    return coordinator, clients
+
+
+async def accept(coordinator: Coordinator, client_id: str) -> None:
+    header = UploadHeader(
+        run_id=RUN, round=1, client_id=client_id, base_model_version=0, num_samples=5, codec="int8",
+        total_size=10, sha256="b" * 64,
+    )  # fmt: skip
+    pool = coordinator.clients.pool()
+    await coordinator.runs.commit(
+        RUN,
+        lambda run, now: decide.accept(run, header, update_id=f"u-{client_id}", wire_bytes=10, pool=pool, now=now),
+        lambda run, now: decide.due(run, pool, now),
+    )
+
+
+async def kinds(log: InMemoryEventLog) -> list[str]:
+    return [r.envelope.type for r in await log.read_stream(run_stream(RUN))]
+
+
+def test_a_coordinator_restarted_during_the_grace_period_keeps_its_deadline() -> None:
+    async def scenario() -> None:
+        log, clock = InMemoryEventLog(), FakeClock()
+        first, clients = await started_run(log, clock)
+        clock.time = 1.0
+        await accept(first, clients[0])
+        clock.time = 3.0
+        await accept(first, clients[1])  # the quorum (2 of 4) is met at t=3: grace until t=13
+
+        clock.time = 8.0  # the coordinator restarts: a new process folds the same log
+        restarted = Coordinator(log, partition_count=4, clock=clock)
+        await restarted.recover()
+        await restarted.advance()
+        assert "QuorumReached" not in await kinds(log)
+
+        clock.time = 13.0
+        await restarted.advance()
+        assert (await kinds(log)).count("QuorumReached") == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_conflicting_append_is_folded_and_the_decision_taken_again_once() -> None:
+    async def scenario() -> None:
+        log, clock = InterleavingLog(), FakeClock()
+        coordinator, _ = await started_run(log, clock)
+        stopped = RunCompleted(run_id=RUN, reason="stopped", rounds=0, metrics={})
+        log.foreign = [Envelope(event=stopped)]  # e.g. the API stops the run while the coordinator decides
+
+        clock.time = 200.0  # past the deadline: the round would fail
+        await coordinator.advance(RUN)
+
+        assert (await kinds(log))[-1] == "RunCompleted"
+        assert "RoundFailed" not in await kinds(log)  # decided again on the refreshed state: nothing is due
+        assert coordinator.run_state(RUN).completed == "stopped"
+
+    asyncio.run(scenario())
+
+
+def test_an_aggregation_appended_by_an_aggregator_opens_the_next_round() -> None:
+    async def scenario() -> None:
+        log, clock = InMemoryEventLog(), FakeClock()
+        coordinator, clients = await started_run(log, clock)
+        for client_id in clients:
+            await accept(coordinator, client_id)
+        [quorum] = [
+            r.envelope.event for r in await log.read_stream(run_stream(RUN)) if r.envelope.type == "QuorumReached"
+        ]
+        assert isinstance(quorum, QuorumReached) and len(quorum.update_digests) == 4
+        done = RoundAggregated(
+            run_id=RUN, round=1, model_version=1, model_digest="m1", num_updates=4, metrics={"accuracy": 0.5},
+            duration_s=1.0,
+        )  # fmt: skip
+        await log.append(run_stream(RUN), [Envelope(event=done)])
+
+        await coordinator.advance(RUN)
+
+        last = (await log.read_stream(run_stream(RUN)))[-1].envelope.event
+        assert isinstance(last, RoundStarted) and (last.round, last.model_digest) == (2, "m1")
+
+    asyncio.run(scenario())
