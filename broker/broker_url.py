@@ -12,7 +12,7 @@ from broker.bus import Broker
 from broker.in_memory_broker import InMemoryBroker
 from broker.rabbitmq import RabbitBroker
 from contracts.errors import ConfigError
-from ops.urls import redacted
+from ops.urls import shown
 
 FIELD: Final = "amqp_url"
 MEMORY_SCHEME: Final = "memory"
@@ -33,21 +33,12 @@ async def open_broker(url: str, *, connect_attempts: int = 30, declare_topology:
     scheme = scheme.lower()
     if scheme == MEMORY_SCHEME and separator:
         if rest:
-            raise ConfigError(FIELD, f"{_shown(url)} names a host or path; memory:// takes none")
+            raise ConfigError(FIELD, f"{shown(url)} names a host or path; memory:// takes none")
         return InMemoryBroker()
     if not separator or scheme not in AMQP_SCHEMES:
         allowed = ", ".join(f"{name}://" for name in SCHEMES)
-        raise ConfigError(FIELD, f"{_shown(url)} is not a broker URL; schemes: {allowed}")
+        raise ConfigError(FIELD, f"{shown(url)} is not a broker URL; schemes: {allowed}")
     return await RabbitBroker.connect(url, connect_attempts=connect_attempts, declare_topology=declare_topology)
-
-
-def _shown(url: str) -> str:
-    if "://" not in url:
-        return "the value"  # no authority to find a password in, so none of it is echoed
-    try:
-        return repr(redacted(url))
-    except ValueError:  # urlsplit refuses it (a bad port or IPv6 host): echo nothing
-        return "the value"
 
 
 __all__ = ["FIELD", "SCHEMES", "Broker", "open_broker"]

@@ -7,11 +7,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.catalog import AGGREGATORS, DATASETS, MODELS
 from contracts.compression import parse_compression
 from contracts.errors import ConfigError
-
-DATASETS = ("mnist", "cifar10")
-AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
@@ -127,7 +125,11 @@ class RunConfig:
                 raise ConfigError(name, f"must be a string, got {getattr(self, name)!r:.100}")
         parse_compression(self.compression)
         if self.dataset not in DATASETS:
-            raise ConfigError("dataset", f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+            raise ConfigError("dataset", f"must be one of {', '.join(DATASETS)}, got {self.dataset!r:.100}")
+        if self.model not in MODELS:
+            raise ConfigError("model", f"unknown model {self.model!r:.100}; one of {', '.join(MODELS)}")
+        if MODELS[self.model] != self.dataset:
+            raise ConfigError("model", f"{self.model} trains on {MODELS[self.model]}, not {self.dataset}")
         _check_int("clients", self.clients, 1, 100_000)
         _check_int("rounds", self.rounds, 1, 100_000)
         _check_int("seed", self.seed, 0, 2**31 - 1)

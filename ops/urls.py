@@ -11,3 +11,13 @@ def redacted(url: str) -> str:
     if parts.password is None:
         return url
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def shown(url: str) -> str:
+    """`url` quoted for an error message without its password, or "the value" when no safe form exists."""
+    if "://" not in url:
+        return "the value"  # no authority to find a password in, so none of it is echoed
+    try:
+        return repr(redacted(url))
+    except ValueError:  # urlsplit refuses it (a bad port or IPv6 host): echo nothing
+        return "the value"

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from contracts.errors import ConfigError
 from contracts.ports import EventLog
-from ops.urls import redacted
+from ops.urls import shown
 from persistence.in_memory_event_log import InMemoryEventLog
 from persistence.sql_event_log import SqlEventLog
 
@@ -34,26 +34,17 @@ async def open_event_log(url: str, *, create: bool = True) -> EventLog:
     scheme = scheme.lower()
     if scheme == MEMORY_SCHEME and separator:
         if rest:
-            raise ConfigError(FIELD, f"{_shown(url)} names a host or path; memory:// takes none")
+            raise ConfigError(FIELD, f"{shown(url)} names a host or path; memory:// takes none")
         return InMemoryEventLog()
     if not separator or scheme not in SQL_SCHEMES:
         allowed = ", ".join(f"{name}://" for name in SCHEMES)
-        raise ConfigError(FIELD, f"{_shown(url)} is not an event log URL; schemes: {allowed}")
+        raise ConfigError(FIELD, f"{shown(url)} is not an event log URL; schemes: {allowed}")
     try:
         make_url(url)
     except ValueError as error:  # sqlalchemy's ArgumentError is a ValueError too
         # Checked here because the engine layer's message would echo the URL, password and all.
-        raise ConfigError(FIELD, f"{_shown(url)} is not a database URL") from error
+        raise ConfigError(FIELD, f"{shown(url)} is not a database URL") from error
     return await SqlEventLog.connect(url, create=create)
-
-
-def _shown(url: str) -> str:
-    if "://" not in url:
-        return "the value"  # no authority to find a password in, so none of it is echoed
-    try:
-        return repr(redacted(url))
-    except ValueError:  # urlsplit refuses it (a bad port or IPv6 host): echo nothing
-        return "the value"
 
 
 __all__ = ["FIELD", "SCHEMES", "open_event_log"]

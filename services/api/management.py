@@ -1,6 +1,9 @@
 """POST /api/v1/...: start a run, stop a run, evict a client. Admin role only.
 
 Every action is an append to the event log; the coordinator picks it up from there (it tails the log).
+The API is a second writer of a run's stream (RunCreated, RunCompleted(stopped)); that is safe because each
+append names the version it was decided on, so a stop decided on a stale state conflicts and is retried on
+the fresh one (docs/architecture.md, "Who appends to a run's stream").
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.errors import ConcurrencyConflict
 from contracts.events import ClientEvicted, RunCompleted, RunCreated
+from contracts.streams import client_stream, run_stream
 from services.api.database import ApiDatabase, Store
 from services.api.errors import BadRequest, Conflict, Missing
 from services.api.params import checked_id, json_object
@@ -30,10 +34,6 @@ Reply = tuple[Json, int] | tuple[Json, int, dict[str, str]]
 def _db() -> ApiDatabase:
     database: ApiDatabase = current_app.extensions["fedbus.database"]
     return database
-
-
-def run_stream(run_id: str) -> str:
-    return f"run:{run_id}"
 
 
 def _check_types(cls: type[Any], prefix: str, data: dict[str, Any]) -> None:
@@ -54,7 +54,7 @@ def parse_run_config(body: dict[str, Any]) -> RunConfig:
             _check_types(cls, f"{name}.", body[name])
     config = RunConfig.from_dict(body)
     if not config.privacy.enabled:  # RunConfig skips these when off; the API's contract checks them always
-        dataclasses.replace(config.privacy, enabled=True)
+        PrivacyConfig(**{**dataclasses.asdict(config.privacy), "enabled": True})
     return config
 
 
@@ -105,10 +105,10 @@ async def evict_client(client_id: str) -> Json:
         if client["evicted"]:
             raise Conflict(f"client {client_id} is already evicted")
         event = ClientEvicted(client_id=client_id, reason=reason)
-        await store.log.append(f"client:{client_id}", [Envelope(event=event)])
+        await store.log.append(client_stream(client_id), [Envelope(event=event)])
         return {"client_id": client_id, "evicted": True, "reason": reason}
 
     return await _db().run(work)
 
 
-__all__ = ["management", "parse_run_config", "run_stream"]
+__all__ = ["management", "parse_run_config"]

@@ -25,7 +25,7 @@ from services.cli.report import round_rows, summary, write_metrics, write_plot
 from services.embedded import run_embedded
 from workers.learning.checkpoint import save_checkpoint
 from workers.learning.datasets import load_dataset
-from workers.learning.models import MODEL_DATASET, check_model_name
+from workers.learning.models import check_model_name
 from workers.learning.partition import validate_partition_scheme
 from workers.learning.training import check_device
 
@@ -34,8 +34,6 @@ def preflight(config: RunConfig, data_dir: str | None, device: str = "cpu") -> N
     """Fail fast, before any process starts, on what only the learning code can check."""
     check_device(device)
     check_model_name(config.model)
-    if MODEL_DATASET[config.model] != config.dataset:
-        raise ConfigError("model", f"{config.model} trains on {MODEL_DATASET[config.model]}, not {config.dataset}")
     validate_partition_scheme(config.partition)
     train = load_dataset(config.dataset, train=True, data_dir=data_dir)
     load_dataset(config.dataset, train=False, data_dir=data_dir)

@@ -152,6 +152,9 @@ def test_starting_a_run_appends_run_created_and_a_second_start_conflicts(api: Ap
         ({"compression": 5}, "compression"),
         ({"privacy": {"enabled": "yes"}}, "privacy.enabled"),
         ({"run_id": "bad id!"}, "run_id"),
+        ({"model": "resnet_no_such"}, "model"),  # would poison the aggregator's queue if appended
+        ({"model": "cifar10_cnn"}, "model"),  # a CIFAR-10 model on the default MNIST
+        ({"privacy": {"enabled": False, "delta": 0.5}}, "privacy.delta"),  # checked even with DP off
         ([1, 2], "body"),
     ],
 )

@@ -84,7 +84,12 @@ def test_zz_write_the_tally() -> None:
 def test_the_cli_refuses_invalid_flags_with_exit_2_and_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "FEDBUS_DATA_DIR": "/work/shared/datasets", "OMP_NUM_THREADS": "1"}
     answers = []
-    cases = [["--clients", "many"], ["--clients", "3", "--quorum", "7", "--compression", "zip"], ["--device", "tpu"]]
+    cases = [
+        ["--clients", "many"],
+        ["--clients", "3", "--quorum", "7", "--compression", "zip"],
+        ["--model", "nope"],
+        ["--device", "tpu"],
+    ]
     if not torch.cuda.is_available():
         cases.append(["--device", "cuda"])
     for flags in cases:
@@ -105,5 +110,6 @@ def test_the_cli_refuses_invalid_flags_with_exit_2_and_one_line(tmp_path: Path) 
         assert "Traceback" not in answer.stderr
     assert "--clients" in answers[0].stderr
     assert "quorum" in answers[1].stderr or "compression" in answers[1].stderr
-    assert all("device" in answer.stderr for answer in answers[2:])
-    assert all("no CUDA GPU" in answer.stderr for answer in answers[3:])
+    assert "model" in answers[2].stderr and "mnist_dp_cnn" in answers[2].stderr
+    assert all("device" in answer.stderr for answer in answers[3:])
+    assert all("no CUDA GPU" in answer.stderr for answer in answers[4:])

@@ -25,6 +25,8 @@ def test_round_trip_through_plain_data() -> None:
         ({"round": {"colour": 1}}, "round.colour", "unknown option"),
         ({"compression": "gzip"}, "compression", "allowed"),
         ({"dataset": "imagenet"}, "dataset", "mnist, cifar10"),
+        ({"model": "nope"}, "model", "mnist_dp_cnn, mnist_cnn, cifar10_cnn"),
+        ({"model": "mnist_cnn", "dataset": "cifar10"}, "model", "trains on mnist"),
         ({"privacy": 3}, "privacy", "table"),
     ],
 )

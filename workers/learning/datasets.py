@@ -24,9 +24,10 @@ import numpy.typing as npt
 import torch
 from torchvision import datasets as tv
 
+from contracts.catalog import DATASETS
 from contracts.errors import ConfigError, FedbusError
 
-DATASET_NAMES = ("mnist", "cifar10")
+DATASET_NAMES = DATASETS
 _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

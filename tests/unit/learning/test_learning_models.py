@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from opacus.validators import ModuleValidator
 
+from contracts.catalog import DATASETS, MODELS
 from contracts.errors import ConfigError
+from workers.learning.datasets import DATASET_NAMES
 from workers.learning.models import (
     MODEL_DATASET,
     MODEL_NAMES,
@@ -33,6 +35,11 @@ def test_every_model_is_accepted_by_opacus(name: str) -> None:
 
     assert errors == []
     assert MODEL_DATASET[name] in ("mnist", "cifar10")
+
+
+def test_the_model_registry_covers_exactly_the_catalog() -> None:
+    assert set(MODEL_NAMES) == set(MODELS) and MODEL_DATASET == MODELS
+    assert set(DATASET_NAMES) == set(DATASETS)
 
 
 def test_unknown_model_name_is_a_config_error_listing_the_choices() -> None:
