@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from contracts.catalog import AGGREGATORS, DATASETS, MODELS
+from contracts.catalog import AGGREGATORS, DATASETS, FEDAVG, KRUM, MNIST, MNIST_DP_CNN, check_model
 from contracts.compression import parse_compression
 from contracts.errors import ConfigError
 
@@ -60,7 +60,7 @@ class RoundConfig:
     momentum: float = 0.0
     max_update_norm: float | None = None
     max_update_bytes: int = 256 << 20
-    aggregator: str = "fedavg"  # one of AGGREGATORS; all but fedavg hold every update in memory
+    aggregator: str = FEDAVG  # one of AGGREGATORS; all but fedavg hold every update in memory
     byzantine_f: int = 0  # Byzantine clients Krum tolerates
     trim_fraction: float = 0.1  # trimmed_mean drops this fraction at each end, [0, 0.5)
     clip_norm: float | None = None  # scale each update to this L2 norm at most before aggregating
@@ -94,7 +94,7 @@ class RoundConfig:
             _check_range("round.clip_norm", self.clip_norm, 0.0, 1e9, low_open=True)
         if self.max_sample_weight is not None:
             _check_int("round.max_sample_weight", self.max_sample_weight, 1, 10_000_000)
-        if self.aggregator == "krum" and self.min_updates < 2 * self.byzantine_f + 3:
+        if self.aggregator == KRUM and self.min_updates < 2 * self.byzantine_f + 3:
             needed, f = 2 * self.byzantine_f + 3, self.byzantine_f
             detail = f"must be >= 2 * byzantine_f + 3 = {needed} for krum with byzantine_f={f}, got {self.min_updates}"
             raise ConfigError("round.min_updates", detail)
@@ -104,8 +104,8 @@ class RoundConfig:
 class RunConfig:
     """Everything a run needs; its dict form travels in RunCreated and RoundStarted."""
 
-    dataset: str = "mnist"
-    model: str = "mnist_dp_cnn"
+    dataset: str = MNIST
+    model: str = MNIST_DP_CNN
     clients: int = 10
     rounds: int = 20
     partition: str = "iid"
@@ -126,10 +126,7 @@ class RunConfig:
         parse_compression(self.compression)
         if self.dataset not in DATASETS:
             raise ConfigError("dataset", f"must be one of {', '.join(DATASETS)}, got {self.dataset!r:.100}")
-        if self.model not in MODELS:
-            raise ConfigError("model", f"unknown model {self.model!r:.100}; one of {', '.join(MODELS)}")
-        if MODELS[self.model] != self.dataset:
-            raise ConfigError("model", f"{self.model} trains on {MODELS[self.model]}, not {self.dataset}")
+        check_model(self.model, self.dataset)
         _check_int("clients", self.clients, 1, 100_000)
         _check_int("rounds", self.rounds, 1, 100_000)
         _check_int("seed", self.seed, 0, 2**31 - 1)

@@ -42,8 +42,8 @@ class UnitOfWork(Protocol):
     async def put_blob(self, digest: str, kind: str, data: bytes) -> None: ...
 
 
-class EventLog(BlobStore, Protocol):
-    """The append-only event log with its outbox, inbox, blobs and read side."""
+class EventStore(Protocol):
+    """Streams of events: append at an expected version, read one stream or the whole log in order."""
 
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
 
@@ -53,9 +53,19 @@ class EventLog(BlobStore, Protocol):
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]: ...
 
+
+class Outbox(Protocol):
+    """What the outbox relay needs: the appended events not yet published, in position order."""
+
     async def unpublished(self, limit: int = 100) -> list[RecordedEvent]: ...
 
     async def mark_published(self, positions: Sequence[int]) -> None: ...
+
+
+class EventLog(EventStore, Outbox, BlobStore, Protocol):
+    """The append-only event log as one adapter: streams, outbox, inbox (in transactions) and blobs.
+
+    Collaborators ask for the narrowest part they use (the relay an Outbox, the blob cache a BlobStore)."""
 
     async def close(self) -> None: ...
 

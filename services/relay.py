@@ -11,14 +11,14 @@ import logging
 
 from broker.errors import Unroutable
 from contracts.errors import TransientError
-from contracts.ports import EventLog, Publisher
+from contracts.ports import Outbox, Publisher
 from ops.telemetry import attached
 
 log = logging.getLogger(__name__)
 
 
 class OutboxRelay:
-    def __init__(self, log_: EventLog, publisher: Publisher, *, interval: float = 0.05, batch: int = 100) -> None:
+    def __init__(self, log_: Outbox, publisher: Publisher, *, interval: float = 0.05, batch: int = 100) -> None:
         self._log = log_
         self._publisher = publisher
         self._interval = interval

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from contracts.catalog import DATASETS, MODELS
 from contracts.events import EVENT_TYPES
 
 Json = dict[str, Any]
@@ -164,8 +165,12 @@ SCHEMAS: Final[Json] = {
         "additionalProperties": False,
         "properties": {
             "run_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"},
-            "dataset": {"type": "string", "enum": ["mnist", "cifar10"]},
-            "model": {"type": "string", "minLength": 1, "maxLength": 100},
+            "dataset": {"type": "string", "enum": list(DATASETS)},
+            "model": {
+                "type": "string",
+                "enum": list(MODELS),
+                "description": "one shaped for `dataset` (checked by the server)",
+            },
             "clients": {"type": "integer", "minimum": 1, "maximum": 100000},
             "rounds": {"type": "integer", "minimum": 1, "maximum": 100000},
             "partition": {"type": "string", "minLength": 1, "maxLength": 100},

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from contracts.catalog import AGGREGATORS, DATASETS, MODELS
 from contracts.config import RunConfig
 from contracts.errors import ConfigError
 
@@ -39,11 +41,17 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
 }
 
 
+def _choices(names: Iterable[str]) -> str:
+    *first, last = names
+    return f"{', '.join(first)} or {last}"
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
+    defaults = RunConfig()
     add = parser.add_argument
     add("--config", type=Path, help="a TOML file of options (flags override it)")
-    add("--dataset", help="mnist or cifar10 (default mnist)")
-    add("--model", help="mnist_dp_cnn, mnist_cnn or cifar10_cnn (default mnist_dp_cnn)")
+    add("--dataset", help=f"{_choices(DATASETS)} (default {defaults.dataset})")
+    add("--model", help=f"{_choices(MODELS)}, one shaped for --dataset (default {defaults.model})")
     add("--clients", type=int, help="number of clients (default 10)")
     add("--rounds", type=int, help="the round limit (default 20)")
     add("--partition", help="iid, dirichlet:<alpha> or shards:<k> (default iid)")
@@ -60,7 +68,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, help="expected local batch size (default 64)")
     add("--lr", type=float, help="local learning rate (default 0.1)")
     add("--momentum", type=float, help="local SGD momentum (default 0)")
-    add("--aggregator", help="fedavg, median, trimmed_mean or krum (default fedavg)")
+    add("--aggregator", help=f"{_choices(AGGREGATORS)} (default {defaults.round.aggregator})")
     add("--target-accuracy", type=float, help="stop once the test accuracy reaches this (0-1)")
     add("--patience", type=int, help="stop after this many rounds without improvement (0: off)")
     add("--train-limit", type=int, help="use only the first N training samples (quick runs)")

@@ -25,7 +25,6 @@ from services.cli.report import round_rows, summary, write_metrics, write_plot
 from services.embedded import run_embedded
 from workers.learning.checkpoint import save_checkpoint
 from workers.learning.datasets import load_dataset
-from workers.learning.models import check_model_name
 from workers.learning.partition import validate_partition_scheme
 from workers.learning.training import check_device
 
@@ -33,7 +32,6 @@ from workers.learning.training import check_device
 def preflight(config: RunConfig, data_dir: str | None, device: str = "cpu") -> None:
     """Fail fast, before any process starts, on what only the learning code can check."""
     check_device(device)
-    check_model_name(config.model)
     validate_partition_scheme(config.partition)
     train = load_dataset(config.dataset, train=True, data_dir=data_dir)
     load_dataset(config.dataset, train=False, data_dir=data_dir)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
-from contracts.ports import EventLog
+from contracts.ports import BlobStore
 
 
 class BlobCache:
-    def __init__(self, log: EventLog, *, keep: int = 4) -> None:
+    def __init__(self, log: BlobStore, *, keep: int = 4) -> None:
         self._log = log
         self._keep = keep
         self._blobs: OrderedDict[str, asyncio.Task[bytes]] = OrderedDict()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from contracts.envelope import Envelope
 from contracts.errors import ConcurrencyConflict
 from contracts.events import Event, RoundStarted, RunCreated
-from contracts.ports import Clock, EventLog
+from contracts.ports import Clock, EventStore
 from contracts.run_state import RunState, state_from_created
 from contracts.streams import run_stream
 from ops.metrics import FedbusMetrics
@@ -30,7 +30,7 @@ Decision = Callable[[RunState, float], Sequence[Event]]
 class RunLedger:
     """The runs this coordinator knows, each kept current with its stream, and the only path to append to them."""
 
-    def __init__(self, log: EventLog, clock: Clock, metrics: FedbusMetrics) -> None:
+    def __init__(self, log: EventStore, clock: Clock, metrics: FedbusMetrics) -> None:
         self._log = log
         self._clock = clock
         self._metrics = metrics

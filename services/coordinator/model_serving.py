@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts.ports import EventLog
+from contracts.ports import BlobStore
 from contracts.tensor_codec import Manifest, decode_tensors, specs_of
 from ops.metrics import FedbusMetrics
 from services.coordinator.blob_cache import BlobCache
@@ -11,10 +11,10 @@ from services.coordinator.errors import RunNotFound
 
 
 class ModelServer:
-    def __init__(self, log: EventLog, runs: RunLedger, metrics: FedbusMetrics) -> None:
+    def __init__(self, blobs: BlobStore, runs: RunLedger, metrics: FedbusMetrics) -> None:
         self._runs = runs
         self._metrics = metrics
-        self._blobs = BlobCache(log)
+        self._blobs = BlobCache(blobs)
         self._manifests: dict[str, Manifest] = {}
 
     async def model(self, run_id: str, version: int) -> tuple[Manifest, bytes]:

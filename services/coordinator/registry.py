@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from contracts.envelope import Envelope
 from contracts.errors import NotFound
 from contracts.events import ClientEvicted, ClientRegistered, Event
-from contracts.ports import EventLog
+from contracts.ports import EventStore
 from contracts.streams import client_stream
 from contracts.uploads import ClientCapabilities
 from services.coordinator.decide import ClientPool
@@ -28,7 +28,7 @@ class ClientRecord:
 
 
 class ClientRegistry:
-    def __init__(self, log: EventLog, *, partition_count: int) -> None:
+    def __init__(self, log: EventStore, *, partition_count: int) -> None:
         self._log = log
         self._lock = asyncio.Lock()
         self._clients: dict[str, ClientRecord] = {}

@@ -7,6 +7,7 @@ import uuid
 import pytest
 import requests
 
+from contracts.catalog import MODELS
 from contracts.events import ClientRegistered
 from services.api.server import ApiServer
 from tests.api.conftest import ADMIN_TOKEN, VIEWER_TOKEN, auth, on_log
@@ -155,6 +156,7 @@ def test_starting_a_run_appends_run_created_and_a_second_start_conflicts(api: Ap
         ({"model": "resnet_no_such"}, "model"),  # would poison the aggregator's queue if appended
         ({"model": "cifar10_cnn"}, "model"),  # a CIFAR-10 model on the default MNIST
         ({"privacy": {"enabled": False, "delta": 0.5}}, "privacy.delta"),  # checked even with DP off
+        ({"privacy": {"enabled": False, "epsilon": 0}}, "privacy.epsilon"),
         ([1, 2], "body"),
     ],
 )
@@ -163,6 +165,17 @@ def test_a_bad_run_config_is_400_naming_the_field(api: ApiServer, body: object, 
 
     assert response.status_code == 400
     assert response.json()["field"] == field
+
+
+def test_an_unknown_model_is_400_listing_the_models_and_starts_nothing(api: ApiServer) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+
+    response = post(api, "/api/v1/runs", {"run_id": run_id, "model": "nope"})
+
+    assert response.status_code == 400
+    assert response.json()["field"] == "model"
+    assert all(name in response.json()["error"] for name in MODELS)
+    assert get(api, f"/api/v1/runs/{run_id}").status_code == 404
 
 
 def test_a_body_that_is_not_json_is_400(api: ApiServer) -> None:

@@ -39,8 +39,9 @@ def test_the_served_document_is_the_one_tested(conformance_server: ApiServer) ->
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_the_api_matches_its_openapi_document(case: Case, conformance_server: ApiServer) -> None:
-    # One cross-field rule (train_limit >= clients) is not expressible in the schema: a valid-looking config
-    # may be refused there, so only that operation skips the "valid data is accepted" check.
+    # Cross-field rules (train_limit >= clients, a model shaped for the dataset) are not expressible in the
+    # schema: a valid-looking config may be refused there, so only that operation skips the "valid data is
+    # accepted" check.
     cross_field = case.operation.method.upper() == "POST" and case.operation.path == "/api/v1/runs"
     excluded = [positive_data_acceptance] if cross_field else []
     case.call_and_validate(

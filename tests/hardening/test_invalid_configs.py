@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.catalog import MODELS
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.errors import ConfigError
 from tests.hardening.tally import Tally
@@ -113,3 +114,22 @@ def test_the_cli_refuses_invalid_flags_with_exit_2_and_one_line(tmp_path: Path) 
     assert "model" in answers[2].stderr and "mnist_dp_cnn" in answers[2].stderr
     assert all("device" in answer.stderr for answer in answers[3:])
     assert all("no CUDA GPU" in answer.stderr for answer in answers[4:])
+
+
+def test_the_coordinator_refuses_a_run_config_file_naming_an_unknown_model_with_one_line(tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text('[run]\nmodel = "nope"\n')
+    env = {**os.environ, "FEDBUS_RUN_CONFIG": str(run_file), "OMP_NUM_THREADS": "1"}
+
+    answer = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "coordinator"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert answer.returncode == 2, answer.stderr
+    line = f"fedbus coordinator: error: model: unknown model 'nope'; one of {', '.join(MODELS)}"
+    assert answer.stderr.strip().splitlines() == [line]

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from contracts.catalog import AGGREGATORS
 from contracts.compression import compress_update, parse_compression
-from contracts.config import AGGREGATORS, RoundConfig, RunConfig
+from contracts.config import RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.errors import ConfigError
 from contracts.events import ModelInitialized, QuorumReached, RoundAggregated, RoundFailed, RunCreated, UpdateAccepted

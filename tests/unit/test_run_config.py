@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from contracts.catalog import MODELS
 from contracts.config import RunConfig
 from contracts.errors import ConfigError
 
@@ -39,3 +40,19 @@ def test_invalid_values_name_the_field(data: dict[str, object], field: str, says
 
 def test_dp_off_skips_the_privacy_ranges() -> None:
     assert RunConfig.from_dict({"privacy": {"enabled": False, "epsilon": 0}}).privacy.enabled is False
+
+
+def test_an_unknown_model_is_refused_where_the_config_is_built() -> None:
+    with pytest.raises(ConfigError) as error:
+        RunConfig(model="nope")
+
+    assert error.value.field == "model"
+    assert "'nope'" in error.value.message
+    assert all(name in error.value.message for name in MODELS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_builds_a_config_with_its_own_dataset(model: str) -> None:
+    config = RunConfig(model=model, dataset=MODELS[model])
+
+    assert RunConfig.from_dict(config.to_dict()) == config

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.config import DATASETS, PrivacyConfig, RoundConfig, RunConfig
+from contracts.catalog import MODELS
+from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.errors import CodecError, ConfigError
 from contracts.event_codec import decode_envelope, encode_envelope
@@ -49,18 +50,20 @@ compressions = st.one_of(
         lambda f, q: f"topk:{f!r}{q}", st.floats(0, 1, exclude_min=True), st.sampled_from(["", "+int8", "+fp16"])
     ),
 )
-run_configs = st.builds(
-    RunConfig,
-    model=st.text(max_size=20),
-    dataset=st.sampled_from(DATASETS),
-    partition=st.text(max_size=20),
-    clients=st.integers(1, 100),
-    rounds=st.integers(1, 100_000),
-    seed=st.integers(0, 2**31 - 1),
-    compression=compressions,
-    train_limit=st.none() | st.integers(100, 10_000_000),
-    privacy=privacy_configs,
-    round=round_configs,
+run_configs = st.sampled_from(sorted(MODELS.items())).flatmap(
+    lambda model_and_data: st.builds(
+        RunConfig,
+        model=st.just(model_and_data[0]),
+        dataset=st.just(model_and_data[1]),  # RunConfig refuses a model shaped for another data set
+        partition=st.text(max_size=20),
+        clients=st.integers(1, 100),
+        rounds=st.integers(1, 100_000),
+        seed=st.integers(0, 2**31 - 1),
+        compression=compressions,
+        train_limit=st.none() | st.integers(100, 10_000_000),
+        privacy=privacy_configs,
+        round=round_configs,
+    )
 )
 
 DROP = object()

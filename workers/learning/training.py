@@ -19,10 +19,11 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from contracts.catalog import check_model
 from contracts.errors import ConfigError
 from contracts.tensors import TensorDict, TensorMapping
 from workers.learning.datasets import load_dataset
-from workers.learning.models import MODEL_DATASET, build_model, check_model_name, load_numpy, to_numpy
+from workers.learning.models import build_model, load_numpy, to_numpy
 from workers.learning.privacy import PrivacyLedger
 
 _process_device = "cpu"  # what `init_worker` chose for this process; a config's own `device` overrides it
@@ -82,14 +83,8 @@ class LocalTrainResult:
     epsilon: float | None = None
 
 
-def _check(model: str, dataset: str) -> None:
-    check_model_name(model)
-    if MODEL_DATASET[model] != dataset:
-        raise ConfigError("dataset", f"model {model!r} trains on {MODEL_DATASET[model]!r}, not {dataset!r}")
-
-
 def _check_config(config: LocalTrainConfig) -> None:
-    _check(config.model, config.dataset)
+    check_model(config.model, config.dataset)
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise ConfigError(name, f"must be at least 1, got {getattr(config, name)}")
@@ -207,7 +202,7 @@ def evaluate(
     device: str | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy "loss" and "accuracy" (0-1) of `weights` on the first `limit` test samples."""
-    _check(model, dataset)
+    check_model(model, dataset)
     on = torch.device(device or _process_device)
     net = build_model(model, seed=0)
     load_numpy(net, weights)

@@ -90,8 +90,10 @@ def test_dp_without_noise_multiplier_is_a_config_error() -> None:
 
 
 def test_model_and_dataset_must_match() -> None:
-    with pytest.raises(ConfigError, match="dataset"):
+    with pytest.raises(ConfigError, match="trains on mnist, not cifar10") as error:
         train_local(initial_weights(MODEL, seed=0), np.arange(10), _config(dataset="cifar10"), None)
+
+    assert error.value.field == "model"
 
 
 def test_config_survives_pickling_into_a_process_pool_worker() -> None:
