@@ -80,11 +80,12 @@ class UploadAdmission:
             raise await self._recorded(header, UploadRefused(RejectReason.CORRUPT, str(exc))) from exc
 
     async def _accept(self, header: UploadHeader, payload: bytes) -> UpdateAccepted:
-        current = self._runs.state(header.run_id).current
+        run = self._runs.state(header.run_id)
+        current = run.current
         if current is None or current.round != header.round:
             raise UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} closed while uploading")
         manifest = await self._models.manifest(current.model_digest)
-        refusal = _verdict(payload, manifest, max_norm=self._runs.state(header.run_id).config.round.max_update_norm)
+        refusal = _verdict(payload, manifest, max_norm=run.config.round.max_update_norm)
         if refusal is not None:
             raise await self._recorded(header, refusal)
         await self._blobs.put_blob(header.sha256, "update", payload)

@@ -11,14 +11,13 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from broker.broker_url import Broker, open_broker
-from persistence.event_log_url import open_event_log
-
+from broker.broker_url import Broker
 from broker.topology import AGGREGATOR_QUEUE
 from contracts.ports import Consumption, EventLog
 from ops.metrics import FedbusMetrics, serve_metrics
 from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
+from services.roots.adapters import Closable, close_owned, log_and_broker
 from services.roots.observability import observe
 from services.roots.pool import process_pool, warm_up
 from workers.aggregator.evaluator import PoolEvaluator
@@ -33,7 +32,7 @@ class AggregatorApp:
     worker: AggregatorWorker
     log: EventLog
     broker: Broker
-    owns: tuple[object, ...] = ()
+    owns: tuple[Closable, ...] = ()
     _consumer: Consumption | None = None
 
     async def start(self) -> None:
@@ -43,10 +42,7 @@ class AggregatorApp:
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.cancel()
-        if self.broker in self.owns:
-            await self.broker.close()
-        if self.log in self.owns:
-            await self.log.close()
+        await close_owned(self.owns)
 
 
 async def build(
@@ -58,15 +54,9 @@ async def build(
     metrics: FedbusMetrics | None = None,
 ) -> AggregatorApp:
     """The aggregator for `settings`, evaluating in `executor`; adapters given here are not closed by `stop`."""
-    owns: list[object] = []
-    if log is None:
-        log = await open_event_log(settings.database_url, create=False)
-        owns.append(log)
-    if broker is None:
-        broker = await open_broker(settings.amqp_url, connect_attempts=30)
-        owns.append(broker)
+    log, broker, owns = await log_and_broker(settings, log, broker)
     worker = AggregatorWorker(log, PoolEvaluator(executor, settings.data_dir), metrics=metrics)
-    return AggregatorApp(worker=worker, log=log, broker=broker, owns=tuple(owns))
+    return AggregatorApp(worker=worker, log=log, broker=broker, owns=owns)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -14,9 +14,8 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
-from broker.broker_url import Broker, open_broker
-from persistence.event_log_url import open_event_log
 
+from broker.broker_url import Broker
 from broker.topology import COORDINATOR_QUEUE
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
@@ -28,6 +27,7 @@ from services.coordinator.coordinator import Coordinator
 from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from services.relay import OutboxRelay
+from services.roots.adapters import Closable, close_owned, log_and_broker
 from services.roots.observability import observe
 
 log = logging.getLogger("fedbus.coordinator")
@@ -43,7 +43,7 @@ class CoordinatorApp:
     tokens: TokenAuthority
     log: EventLog
     broker: Broker
-    owns: tuple[object, ...] = ()  # the adapters `build` opened (closed by `stop`)
+    owns: tuple[Closable, ...] = ()  # the adapters `build` opened (closed by `stop`)
     port: int = 0
     _server: grpc.aio.Server | None = None
     _consumer: Consumption | None = None
@@ -81,10 +81,7 @@ class CoordinatorApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.relay.relay_once()
-        if self.broker in self.owns:
-            await self.broker.close()
-        if self.log in self.owns:
-            await self.log.close()
+        await close_owned(self.owns)
 
     async def _on_event(self, envelope: Envelope) -> None:
         await self.coordinator.advance(envelope.run_id)
@@ -109,17 +106,11 @@ async def build(
     if tokens is None:
         settings.require("ENROLLMENT_TOKEN", "TOKEN_SECRET")
         tokens = TokenAuthority(secret=settings.token_secret.encode(), enrollment_token=settings.enrollment_token)
-    owns: list[object] = []
-    if log is None:
-        log = await open_event_log(settings.database_url, create=False)
-        owns.append(log)
-    if broker is None:
-        broker = await open_broker(settings.amqp_url, connect_attempts=30)
-        owns.append(broker)
+    log, broker, owns = await log_and_broker(settings, log, broker)
     coordinator = Coordinator(log, partition_count=settings.partitions, clock=clock)
     relay = OutboxRelay(log, broker)
     return CoordinatorApp(
-        settings=settings, coordinator=coordinator, relay=relay, tokens=tokens, log=log, broker=broker, owns=tuple(owns)
+        settings=settings, coordinator=coordinator, relay=relay, tokens=tokens, log=log, broker=broker, owns=owns
     )
 
 
