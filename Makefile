@@ -32,7 +32,7 @@ test-compose: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy contracts services workers broker persistence ops benchmarks
+	$(VENV)/bin/mypy fedbus contracts services workers broker persistence ops benchmarks
 	$(VENV)/bin/lint-imports
 
 bench: install

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from concurrent.futures import Executor
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.federation import FederatedResult, bench_config, federate
+from fedbus.data import Simulation
 from workers.learning.privacy import plan_privacy
 from workers.learning.training import LocalTrainConfig, evaluate, initial_weights, train_local
 
@@ -26,24 +28,24 @@ def train_centralized(
 ) -> list[tuple[float, float, float | None]]:
     """(seconds since start, test accuracy, epsilon spent) after each epoch; runs in a pool worker."""
     started = time.perf_counter()
-    indices = np.arange(samples)
+    request = Simulation.centralized(limit=samples, dataset_dir=Path(data_dir) if data_dir else None)
     plan = None
     if epsilon is not None:
         plan = plan_privacy(
             target_epsilon=epsilon, delta=1e-5, num_samples=samples, batch_size=128, epochs_per_round=1, rounds=epochs
         )
     config = LocalTrainConfig(
-        model=MODEL, dataset="mnist", data_dir=data_dir, batch_size=128, lr=0.5, momentum=0.5,
+        task=MODEL, batch_size=128, lr=0.5, momentum=0.5,
         dp=plan is not None, max_grad_norm=1.0, noise_multiplier=plan.noise_multiplier if plan else None,
     )  # fmt: skip
     weights = initial_weights(MODEL, seed=0)
     ledger: dict[str, object] | None = None
     curve: list[tuple[float, float, float | None]] = []
     for epoch in range(epochs):
-        result = train_local(weights, indices, dataclasses.replace(config, seed=epoch), ledger)
+        result = train_local(weights, request, dataclasses.replace(config, seed=epoch), ledger)
         weights = {k: np.add(weights[k], result.delta[k], dtype=np.float32) for k in weights}
         ledger = result.ledger
-        metrics = evaluate(weights, model=MODEL, dataset="mnist", data_dir=data_dir, limit=eval_limit)
+        metrics = evaluate(weights, task=MODEL, data_dir=data_dir, limit=eval_limit)
         curve.append((time.perf_counter() - started, metrics["accuracy"], result.epsilon))
     return curve
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from benchmarks.machine import fmt, timed
 from contracts.compression import ErrorFeedback, compress_update, decompress_update, parse_compression
 from contracts.tensors import TensorDict
+from fedbus.data import Simulation
 from workers.learning.training import LocalTrainConfig, initial_weights, train_local
 
 CODECS = ("fp32", "fp16", "int8", "topk:0.1+int8", "topk:0.01+int8")
@@ -14,8 +17,9 @@ CODECS = ("fp32", "fp16", "int8", "topk:0.1+int8", "topk:0.01+int8")
 
 def real_update(data_dir: str | None, model: str) -> TensorDict:
     base = initial_weights(model, seed=0)
-    config = LocalTrainConfig(model=model, dataset="mnist", data_dir=data_dir, dp=False, lr=0.1, batch_size=64)
-    return train_local(base, np.arange(2000), config, None).delta
+    config = LocalTrainConfig(task=model, dp=False, lr=0.1, batch_size=64)
+    first = Simulation.centralized(limit=2000, dataset_dir=Path(data_dir) if data_dir else None)
+    return train_local(base, first, config, None).delta
 
 
 def run(*, data_dir: str | None, model: str, repeats: int) -> list[str]:

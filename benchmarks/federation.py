@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.catalog import MNIST_DP_CNN
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.run_state import RoundSummary
 from services.cli.report import round_rows
@@ -43,10 +44,13 @@ def bench_config(
     quorum: float = 1.0,
     target_accuracy: float | None = None,
     batch_size: int = 128,
+    task: str = MNIST_DP_CNN,
 ) -> RunConfig:
-    """mnist_dp_cnn with the DP-SGD settings tuned for it (lr 0.5, momentum 0.5, clip 1.0); epsilon None: no DP."""
+    """`task` (mnist_dp_cnn unless named) with the DP-SGD settings tuned for mnist_dp_cnn (lr 0.5, momentum 0.5,
+    clip 1.0); epsilon None: no DP."""
     privacy = PrivacyConfig(enabled=epsilon is not None, epsilon=epsilon or 3.0, delta=1e-5, max_grad_norm=1.0)
     return RunConfig(
+        task=task,
         clients=clients,
         rounds=rounds,
         partition=partition,

@@ -60,7 +60,8 @@ from ops.settings import Settings
 
 FLWR_VERSION = "1.42.0"
 PINS = (f"flwr[simulation]=={FLWR_VERSION}", "numpy==2.4.6")  # numpy: fedbus's pin (setup.cfg)
-SHARED = ("torch", "torchvision", "opacus")  # taken from fedbus's environment through the .pth file
+# taken from fedbus's environment through the .pth file: the training stack and what contracts import (codecs)
+SHARED = ("torch", "torchvision", "opacus", "zstandard", "msgpack")
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "benchmarks" / "flower_app"
 VENV = ROOT / ".bench" / "flower-venv"

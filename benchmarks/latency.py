@@ -18,13 +18,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, federate, reached
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.tensors import TensorMapping
 from contracts.uploads import UploadHeader
+from fedbus.data import DataRequest
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.learning.training import LocalTrainConfig, LocalTrainResult
@@ -62,9 +61,9 @@ class SlowTrainer(PoolTrainer):
         self._device = device
 
     async def train(
-        self, base: TensorMapping, indices: np.ndarray, config: LocalTrainConfig, ledger: dict[str, object] | None
+        self, base: TensorMapping, request: DataRequest, config: LocalTrainConfig, ledger: dict[str, object] | None
     ) -> LocalTrainResult:
-        result = await super().train(base, indices, config, ledger)
+        result = await super().train(base, request, config, ledger)
         await asyncio.sleep(self._device.compute_s)
         return result
 

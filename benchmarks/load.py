@@ -19,6 +19,7 @@ from contracts.tensor_codec import encode_with_manifest, sha256_hex
 from contracts.uploads import ClientCapabilities, UploadHeader
 from persistence.sql_event_log import SqlEventLog
 from services.coordinator.coordinator import Coordinator
+from services.coordinator.federation_servicer import UploadLimits
 from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from workers.client.transport import FederationClient
@@ -28,7 +29,9 @@ async def _scenario(clients: int, max_uploads: int, folder: Path) -> tuple[list[
     log = await SqlEventLog.connect(f"sqlite+aiosqlite:///{folder / 'load.db'}")
     coordinator = Coordinator(log, partition_count=clients)
     tokens = TokenAuthority.generate()
-    server, port = await start_grpc_server(coordinator, tokens, "127.0.0.1:0", max_concurrent_uploads=max_uploads)
+    server, port = await start_grpc_server(
+        coordinator, tokens, "127.0.0.1:0", uploads=UploadLimits(max_concurrent=max_uploads)
+    )
     transports = [FederationClient(f"127.0.0.1:{port}", attempts=50, deadline_s=120) for _ in range(clients)]
     try:
         regs = [

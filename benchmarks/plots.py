@@ -5,10 +5,12 @@ matplotlib's object API (a bare Figure) renders through Agg on savefig and touch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
@@ -81,6 +83,29 @@ def scale(
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def accuracy_per_round(
+    path: Path, curves: Mapping[str, Sequence[tuple[int, float]]], aim: float | None, title: str
+) -> Path:
+    """Test accuracy after each round, one line per run; `aim` as a dotted level."""
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.subplots()
+    for (label, points), color in zip(curves.items(), COLORS, strict=False):
+        ax.plot([r for r, _ in points], [a for _, a in points], marker="o", markersize=3, color=color, label=label)
+    if aim is not None:
+        ax.axhline(aim, linestyle=":", color="gray", label=f"aim {aim:.0%}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    lowest = min((a for points in curves.values() for _, a in points), default=0.5)
+    ax.set_ylim(max(0.0, min(0.5, math.floor(lowest * 10 - 0.5) / 10)), 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return path

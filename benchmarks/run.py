@@ -24,6 +24,7 @@ from benchmarks import (
     load,
     privacy_utility,
     scale,
+    tasks_accuracy,
     training,
 )
 from benchmarks.machine import machine
@@ -59,6 +60,10 @@ class Profile:
     flower_target: float
     flower_deployed: bool  # also `fedbus up` and Flower's deployment engine (one process per client)
     flower_install: bool  # create Flower's virtual environment when missing (else: only if it exists)
+    task_rounds: int  # fashion_mnist_cnn: all of Fashion-MNIST in quick and full; quick runs only epsilon 3
+    task_epsilons: tuple[float | None, ...]
+    task_train_limit: int | None
+    task_eval_limit: int | None
 
 
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, None)
@@ -68,19 +73,21 @@ PROFILES = {
         rounds=15, epsilons=EPSILONS, codec_rounds=15, codec_target=0.97, latency_clients=(10, 25, 50),
         latency_rounds=30, latency_target=0.95, device_s=1.0, scale_clients=(10, 25, 50, 100, 200), scale_rounds=5,
         scale_model="mnist_cnn", flower_rounds=15, flower_target=0.9, flower_deployed=True, flower_install=True,
+        task_rounds=20, task_epsilons=(3.0, 2.0, None), task_train_limit=None, task_eval_limit=None,
     ),
     "quick": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=6000, eval_limit=2000,
         rounds=4, epsilons=EPSILONS, codec_rounds=6, codec_target=0.9, latency_clients=(10, 25),
         latency_rounds=12, latency_target=0.8, device_s=0.5, scale_clients=(10, 25, 50, 100, 200), scale_rounds=3,
         scale_model="mnist_cnn", flower_rounds=4, flower_target=0.5, flower_deployed=True, flower_install=True,
+        task_rounds=20, task_epsilons=(3.0,), task_train_limit=None, task_eval_limit=None,
     ),
     "smoke": Profile(
         updates=3, params=10_000, repeats=1, samples=300, clients=10, train_limit=100, eval_limit=100,
         rounds=1, epsilons=(1.0, None), codec_rounds=1, codec_target=0.5, latency_clients=(10,),
         latency_rounds=1, latency_target=0.5, device_s=0.05, scale_clients=(3,), scale_rounds=1,
         scale_model="mnist_dp_cnn", flower_rounds=1, flower_target=0.05, flower_deployed=False,
-        flower_install=False,
+        flower_install=False, task_rounds=1, task_epsilons=(3.0, None), task_train_limit=100, task_eval_limit=100,
     ),
 }  # fmt: skip
 
@@ -124,6 +131,19 @@ def _centralized(c: Context) -> list[str]:
     )  # fmt: skip
 
 
+def _tasks(c: Context) -> list[str]:
+    lines = tasks_accuracy.run(
+        c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.task_rounds, epsilons=c.p.task_epsilons,
+        train_limit=c.p.task_train_limit, eval_limit=c.p.task_eval_limit, plot=c.folder / "fashion_mnist.png",
+    )  # fmt: skip
+    full = PROFILES["full"]
+    if (c.p.task_rounds, c.p.task_epsilons) != (full.task_rounds, full.task_epsilons):
+        runs = ", ".join("no DP" if e is None else f"epsilon {e:g}" for e in full.task_epsilons)
+        note = f"`--profile full` runs {runs}, {full.task_rounds} rounds each on all the data, same local settings."
+        lines += ["", note]
+    return lines
+
+
 # name -> (title, body, needs the training pool); `--only` picks names, the order here is the page's.
 SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
     "aggregation": ("Aggregation throughput", lambda c: aggregation.run(
@@ -136,6 +156,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
         clients=c.p.clients, max_uploads=64), False),
     "privacy": ("Privacy-utility trade-off", _privacy, True),
     "centralized": ("Federated vs centralized DP training", _centralized, True),
+    "tasks": ("Fashion-MNIST under DP: a second built-in task", _tasks, True),
     "codecs": ("Compression and accuracy", lambda c: compression_accuracy.run(
         c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.codec_rounds, target=c.p.codec_target,
         **c.sizes), True),

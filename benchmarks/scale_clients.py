@@ -27,6 +27,7 @@ from contracts.events import RoundStarted
 from contracts.ports import Handler
 from contracts.tensors import TensorDict, TensorMapping
 from contracts.uploads import ClientCapabilities
+from fedbus.data import DataRequest
 from ops.clock import SystemClock
 from ops.lifecycle import run_until_signalled
 from ops.settings import Settings
@@ -36,6 +37,9 @@ from workers.client.worker import ClientWorker
 from workers.learning.training import LocalTrainConfig, LocalTrainResult
 
 log = logging.getLogger("fedbus.bench.scale")
+
+
+SAMPLES = 600  # what each synthetic client reports it trained on
 
 
 class SyntheticTrainer(PoolTrainer):
@@ -48,8 +52,11 @@ class SyntheticTrainer(PoolTrainer):
         self._directions: dict[str, np.ndarray] = {}
         self.round = 0  # set by `_handler` before the worker sees the event (one event at a time: prefetch 1)
 
+    async def prepare(self, task: str, request: DataRequest, *, private: bool) -> int:
+        return SAMPLES  # no data is read: the deltas are synthetic
+
     async def train(
-        self, base: TensorMapping, indices: np.ndarray, config: LocalTrainConfig, ledger: dict[str, object] | None
+        self, base: TensorMapping, request: DataRequest, config: LocalTrainConfig, ledger: dict[str, object] | None
     ) -> LocalTrainResult:
         started = time.perf_counter()
         rng = np.random.default_rng(config.seed)
@@ -61,7 +68,7 @@ class SyntheticTrainer(PoolTrainer):
                 self._directions[name] = rng.standard_normal(array.shape).astype(np.float32)
             delta[name] = self._directions[name] * scale
         self._timings[self.round].append(time.perf_counter() - started)
-        return LocalTrainResult(delta=delta, num_samples=len(indices), steps=1, metrics={"train_loss": 0.0})
+        return LocalTrainResult(delta=delta, num_samples=SAMPLES, steps=1, metrics={"train_loss": 0.0})
 
 
 def _handler(worker: ClientWorker, trainer: SyntheticTrainer) -> Handler:

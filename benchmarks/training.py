@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedbus.data import DataRequest, Simulation
 from workers.learning.datasets import load_dataset
 from workers.learning.models import build_model
 from workers.learning.training import LocalTrainConfig, initial_weights, train_local
@@ -40,17 +42,19 @@ def bare_opacus(data_dir: str | None, samples: int, batch: int, device: str) -> 
     return seen / (time.perf_counter() - started)
 
 
+def _first(samples: int, data_dir: str | None) -> DataRequest:
+    return Simulation.centralized(limit=samples, dataset_dir=Path(data_dir) if data_dir else None)
+
+
 def fedbus_local(data_dir: str | None, samples: int, batch: int, device: str) -> float:
     config = LocalTrainConfig(
-        model="mnist_dp_cnn",
-        dataset="mnist",
-        data_dir=data_dir,
+        task="mnist_dp_cnn",
         batch_size=batch,
         lr=0.5,
         noise_multiplier=1.0,
         device=device,
     )
-    result = train_local(initial_weights("mnist_dp_cnn", seed=0), np.arange(samples), config, None)
+    result = train_local(initial_weights("mnist_dp_cnn", seed=0), _first(samples, data_dir), config, None)
     return result.num_samples / result.metrics["train_seconds"] if result.metrics["train_seconds"] else 0.0
 
 

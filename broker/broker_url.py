@@ -12,10 +12,9 @@ from broker.bus import Broker
 from broker.in_memory_broker import InMemoryBroker
 from broker.rabbitmq import RabbitBroker
 from contracts.errors import ConfigError
-from ops.urls import shown
+from ops.urls import MEMORY_SCHEME, adapter_scheme
 
 FIELD: Final = "amqp_url"
-MEMORY_SCHEME: Final = "memory"
 AMQP_SCHEMES: Final = ("amqp", "amqps")
 SCHEMES: Final = (MEMORY_SCHEME, *AMQP_SCHEMES)
 
@@ -29,15 +28,8 @@ async def open_broker(url: str, *, connect_attempts: int = 30, declare_topology:
     """
     if connect_attempts < 1:
         raise ConfigError("connect_attempts", "must be at least 1")
-    scheme, separator, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme == MEMORY_SCHEME and separator:
-        if rest:
-            raise ConfigError(FIELD, f"{shown(url)} names a host or path; memory:// takes none")
+    if adapter_scheme(url, field=FIELD, schemes=SCHEMES, kind="a broker URL") == MEMORY_SCHEME:
         return InMemoryBroker()
-    if not separator or scheme not in AMQP_SCHEMES:
-        allowed = ", ".join(f"{name}://" for name in SCHEMES)
-        raise ConfigError(FIELD, f"{shown(url)} is not a broker URL; schemes: {allowed}")
     return await RabbitBroker.connect(url, connect_attempts=connect_attempts, declare_topology=declare_topology)
 
 

@@ -25,11 +25,11 @@ class Disposition(enum.Enum):
     DEAD_LETTER = "dead_letter"
 
 
-# First match wins; order from specific to general. CodecError covers UnknownEventType.
+# First match wins; order from specific to general. CodecError covers UnknownEventType. Any other error
+# is requeued (a bug or an outage may be gone on redelivery; the redelivery limit bounds the retries).
 DISPOSITIONS: Final[tuple[tuple[type[Exception], Disposition], ...]] = (
     (CodecError, Disposition.DEAD_LETTER),
     (TransientError, Disposition.REQUEUE),
-    (Exception, Disposition.REQUEUE),
 )
 
 
@@ -40,7 +40,7 @@ def disposition_for(error: Exception | None) -> Disposition:
     for kind, disposition in DISPOSITIONS:
         if isinstance(error, kind):
             return disposition
-    return Disposition.REQUEUE  # unreachable: Exception matches every error
+    return Disposition.REQUEUE
 
 
 async def settle(handler: Handler, body: bytes, *, message_id: str, queue: str) -> Disposition:

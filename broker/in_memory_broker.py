@@ -40,9 +40,9 @@ class InMemoryBroker:
         """Declare the topology again; harmless when it already exists with the same arguments."""
         self._declare_all()
 
-    async def ensure_client_queue(self, client_id: str) -> str:
+    async def ensure_client_queue(self, client_id: str, key: str = "") -> str:
         """Declare the queue of `client_id` and return its name."""
-        spec = self._topology.client_queue(client_id)
+        spec = self._topology.client_queue(client_id, key)
         self._declare_queue(spec)
         return spec.name
 

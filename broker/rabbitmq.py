@@ -107,9 +107,9 @@ class RabbitBroker:
             for spec in self._topology.queues:
                 await self._declare_queue(spec)
 
-    async def ensure_client_queue(self, client_id: str) -> str:
+    async def ensure_client_queue(self, client_id: str, key: str = "") -> str:
         """Declare and bind the queue of `client_id`; returns its name."""
-        spec = self._topology.client_queue(client_id)
+        spec = self._topology.client_queue(client_id, key)
         with _translated(f"declare {spec.name}"):
             await self._declare_queue(spec)
         return spec.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
@@ -14,7 +15,10 @@ NAMESPACE: Final = "fedbus"
 DEFAULT_DELIVERY_LIMIT: Final = 5
 DEFAULT_CLIENT_TTL_S: Final = 600.0
 DEFAULT_INSPECT_MAX_LENGTH: Final = 10_000
+# The dead-letter queue keeps the newest messages up to this many: junk on the broker cannot fill its disk.
+DEFAULT_DEAD_LETTER_MAX_LENGTH: Final = 100_000
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_KEY = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,11 +79,18 @@ class Topology:
         fixed = (self.dead_letters, self.aggregator, self.coordinator)
         return fixed if self.inspect is None else (*fixed, self.inspect)
 
-    def client_queue(self, client_id: str) -> Queue:
-        """The queue of one client worker: round.started, round.failed and run.completed, with a TTL."""
+    def client_queue(self, client_id: str, key: str = "") -> Queue:
+        """The queue of one client worker: round.started, round.failed and run.completed, with a TTL.
+
+        With `key` (see `queue_key`) its name holds a secret only that client knows: clients share one broker
+        user, and a queue nobody else can name is one nobody else can read, purge or delete.
+        """
         if not _NAME_PART.match(client_id):
             raise ConfigError("client_id", f"{client_id!r} is not a valid queue name part")
-        return replace(self.client_template, name=f"{self.client_template.name}.{client_id}")
+        if key and not _KEY.match(key):
+            raise ConfigError("key", "must be 32 lowercase hex digits (queue_key)")
+        suffix = f".{key}" if key else ""
+        return replace(self.client_template, name=f"{self.client_template.name}.{client_id}{suffix}")
 
     def queue(self, name: str) -> Queue:
         """A declared queue by name (fixed or per-client)."""
@@ -98,6 +109,7 @@ def build_topology(
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
     client_ttl_s: float = DEFAULT_CLIENT_TTL_S,
     inspect_max_length: int | None = DEFAULT_INSPECT_MAX_LENGTH,
+    dead_letter_max_length: int = DEFAULT_DEAD_LETTER_MAX_LENGTH,
 ) -> Topology:
     """The fedbus topology; `namespace` prefixes every name, `inspect_max_length=None` drops the ring."""
     if not _NAME_PART.match(namespace):
@@ -108,6 +120,8 @@ def build_topology(
         raise ConfigError("client_ttl_s", "must be positive")
     if inspect_max_length is not None and inspect_max_length < 1:
         raise ConfigError("inspect_max_length", "must be at least 1")
+    if dead_letter_max_length < 1:
+        raise ConfigError("dead_letter_max_length", "must be at least 1")
     events = Exchange(name=f"{namespace}.events")
     dead = Exchange(name=f"{namespace}.dead", kind="fanout")
 
@@ -136,7 +150,9 @@ def build_topology(
     return Topology(
         events=events,
         dead=dead,
-        dead_letters=Queue(name=f"{namespace}.dead-letters", exchange=dead.name, bindings=("#",)),
+        dead_letters=Queue(
+            name=f"{namespace}.dead-letters", exchange=dead.name, bindings=("#",), max_length=dead_letter_max_length
+        ),
         aggregator=worker_queue("aggregator", "run.created", "round.quorum_reached"),
         coordinator=worker_queue("coordinator", "model.initialized", "round.aggregated"),
         inspect=inspect,
@@ -149,9 +165,14 @@ AGGREGATOR_QUEUE: Final = DEFAULT.aggregator.name  # competing aggregators: RunC
 COORDINATOR_QUEUE: Final = DEFAULT.coordinator.name  # what wakes the coordinator: ModelInitialized, RoundAggregated
 
 
-def client_queue(client_id: str) -> Queue:
-    """The default topology's queue for `client_id` (`fedbus.client.<client_id>`)."""
-    return DEFAULT.client_queue(client_id)
+def client_queue(client_id: str, key: str = "") -> Queue:
+    """The default topology's queue for `client_id` (`fedbus.client.<client_id>[.<key>]`)."""
+    return DEFAULT.client_queue(client_id, key)
+
+
+def queue_key(client_secret: str) -> str:
+    """The part of a client's queue name derived from its client secret (128 bits: not guessable)."""
+    return hashlib.sha256(b"fedbus client queue\0" + client_secret.encode()).hexdigest()[:32]
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:

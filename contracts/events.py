@@ -10,6 +10,7 @@ JsonDict = dict[str, Any]
 # Reasons a client gives in ClientDeclined; the coordinator stops selecting a client out of budget.
 DECLINE_PRIVACY_BUDGET: Final = "privacy_budget"
 DECLINE_DATA_UNAVAILABLE: Final = "data_unavailable"
+DECLINE_TASK_UNAVAILABLE: Final = "task_unavailable"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +32,7 @@ class ClientRegistered:
     client_id: str
     partition_index: int
     capabilities: JsonDict = field(default_factory=dict)
+    secret_sha256: str = ""  # of the client secret that reclaims this identity ("" before it existed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +102,7 @@ class QuorumReached:
     update_digests: tuple[str, ...] = ()
     sample_counts: tuple[int, ...] = ()
     train_loss: float = 0.0  # the updates' reported training loss, weighted by sample count
+    server_state: str = ""  # digest of the strategy's state blob after the last aggregated round ("": none yet)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +114,8 @@ class RoundAggregated:
     num_updates: int
     metrics: JsonDict
     duration_s: float
+    attempt: int = 0  # of the QuorumReached it aggregates (0: written before attempts were recorded here)
+    server_state: str = ""  # digest of the strategy's state blob after this round ("": a stateless strategy)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

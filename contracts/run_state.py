@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
+from contracts.evaluation import EVAL_SAMPLES, FederatedEvaluation, federated_evaluation
 from contracts.events import (
     DECLINE_PRIVACY_BUDGET,
     ClientDeclined,
@@ -27,6 +28,7 @@ from contracts.events import (
     UpdateAccepted,
     UpdateRejected,
 )
+from contracts.update_validation import DAMAGED_IN_TRANSIT
 
 
 def quorum_size(selected: int, quorum: float, min_updates: int) -> int:
@@ -60,6 +62,12 @@ class RoundSummary:
     duration_s: float  # from the round's first start to its aggregation
     elapsed_s: float  # from the run's creation
     aggregate_s: float
+    federated: FederatedEvaluation | None = None  # the round's cohort on the model it started from
+    central: bool = True  # the aggregator evaluated the new model (accuracy and loss are 0.0 when not)
+
+    @property
+    def federated_accuracy(self) -> float | None:
+        return self.federated.metrics.get("accuracy") if self.federated else None
 
 
 @dataclass(slots=True)
@@ -77,8 +85,10 @@ class RoundState:
     declined: set[str] = field(default_factory=set)
     wire_bytes: int = 0  # of the on-time updates
     raw_bytes: int = 0
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # accepted updates' eval_* metrics
     traceparent: str | None = None  # the round's trace: every event of the round joins it
     quorum_at: float | None = None  # occurred_at of the update that met the quorum (the grace period starts)
+    closed_at: float | None = None  # occurred_at of QuorumReached (the aggregation deadline runs from it)
     closed: bool = False  # QuorumReached or RoundFailed appended
     failed: bool = False
     aggregated: bool = False
@@ -106,6 +116,7 @@ class RunState:
     created_at: float | None = None
     first_started: dict[int, float] = field(default_factory=dict)  # round -> when its first attempt started
     epsilon: float | None = None  # the most any accepted update declared
+    server_state: str = ""  # the strategy state the latest aggregated round left (a blob digest)
     summaries: list[RoundSummary] = field(default_factory=list)
 
     @property
@@ -131,8 +142,11 @@ class RunState:
                 self.created_at = occurred_at
             case ModelInitialized(model_version=v, model_digest=d):
                 self.models[v] = d
+            case RoundAggregated() if self._is_stale(event.round, event.attempt):
+                pass  # a slow aggregation of an attempt that already failed: its model is not the run's
             case RoundAggregated(model_version=v, model_digest=d):
                 self.models[v] = d
+                self.server_state = event.server_state
                 self.accuracies.append(float(event.metrics.get("accuracy", 0.0)))
                 if self.current is not None and self.current.round == event.round:
                     self.current.aggregated = True
@@ -151,7 +165,7 @@ class RunState:
                 )
             case UpdateAccepted() if self._is_current(event.round):
                 self._accept(event, occurred_at)
-            case UpdateRejected() if self._is_current(event.round):
+            case UpdateRejected() if self._is_current(event.round) and event.reason not in DAMAGED_IN_TRANSIT:
                 assert self.current is not None
                 self.current.rejected.add(event.client_id)
             case ClientDeclined():
@@ -162,8 +176,8 @@ class RunState:
                     self.current.declined.add(event.client_id)
             case QuorumReached() if self._is_current(event.round):
                 assert self.current is not None
-                self.current.closed = True
-            case RoundFailed() if self._is_current(event.round):
+                self.current.closed, self.current.closed_at = True, occurred_at
+            case RoundFailed() if self._is_current(event.round) and not self._is_stale(event.round, event.attempt):
                 assert self.current is not None
                 self.current.closed = self.current.failed = True
             case RunCompleted():
@@ -181,6 +195,8 @@ class RunState:
             loss=float(event.metrics.get("loss", 0.0)),
         )
         (current.late if event.late else current.accepted)[event.client_id] = update
+        if EVAL_SAMPLES in event.metrics:
+            current.evaluations.append(dict(event.metrics))
         if event.epsilon is not None:
             self.epsilon = max(self.epsilon or 0.0, event.epsilon)
         if not event.late:
@@ -207,10 +223,19 @@ class RunState:
             duration_s=occurred_at - self.first_started.get(event.round, occurred_at),
             elapsed_s=occurred_at - (self.created_at if self.created_at is not None else occurred_at),
             aggregate_s=event.duration_s,
+            federated=federated_evaluation(current.model_version, current.evaluations) if current else None,
+            central="accuracy" in event.metrics or "loss" in event.metrics,
         )
 
     def _is_current(self, round_: int) -> bool:
         return self.current is not None and self.current.round == round_
+
+    def _is_stale(self, round_: int, attempt: int) -> bool:
+        """An outcome for an attempt of the current round other than the open one, or for one already failed."""
+        current = self.current
+        if current is None or current.round != round_ or attempt == 0:
+            return False  # attempt 0: recorded before outcomes named their attempt
+        return attempt != current.attempt or current.failed
 
 
 def state_from_created(event: RunCreated, occurred_at: float | None = None) -> RunState:

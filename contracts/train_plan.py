@@ -10,26 +10,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.config import PrivacyConfig, RoundConfig, RunConfig
+from contracts.config import PrivacyConfig, RoundConfig, RunConfig, upcast_task
 from contracts.errors import CodecError, ConfigError
+from contracts.strategy import FEDPROX, StrategyConfig
 
-__all__ = ["MAX_PARTITIONS", "PlanPrivacy", "TrainPlan", "plan_for"]
+__all__ = ["BUDGET_TOLERANCE", "MAX_PARTITIONS", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy"]
 
 MAX_PARTITIONS = 100_000  # as many as a run may have clients
+BUDGET_TOLERANCE = 1e-6  # relative: what an accountant's rounding may add to a budget exactly spent
 _PLAN_KEYS = frozenset(
     {
-        *("model", "dataset", "partition", "partition_count", "seed", "rounds"),
-        *("epochs", "batch_size", "lr", "momentum", "compression", "train_limit", "privacy"),
+        *("task", "partition", "partition_count", "seed", "rounds"),
+        *("epochs", "batch_size", "lr", "momentum", "compression", "train_limit", "privacy", "proximal_mu"),
     }
 )
-_PRIVACY_KEYS = frozenset({"enabled", "epsilon", "delta", "max_grad_norm"})
+_PRIVACY_KEYS = frozenset({"enabled", "epsilon", "delta", "max_grad_norm", "accountant"})
 # RunConfig owns the ranges; these of its fields travel under another name.
 _PLAN_NAME = {
     "round.local_epochs": "epochs",
     "round.batch_size": "batch_size",
     "round.lr": "lr",
     "round.momentum": "momentum",
+    "strategy.mu": "proximal_mu",
 }
+FEDAVG_ONLY = StrategyConfig()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,14 +44,19 @@ class PlanPrivacy:
     epsilon: float
     delta: float
     max_grad_norm: float
+    accountant: str = "rdp"
+
+    def exceeded_by(self, spent: float) -> bool:
+        """Whether `spent` epsilon is past this budget (beyond the accountant's float noise): the client
+        declines before it gets there, and the coordinator refuses an update that declares it."""
+        return spent > self.epsilon * (1 + BUDGET_TOLERANCE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainPlan:
-    """What a client does with a round: which model and data, how to train locally, how to send it back."""
+    """What a client does with a round: which task, how to train locally, how to send it back."""
 
-    model: str
-    dataset: str
+    task: str
     partition: str
     partition_count: int
     seed: int
@@ -59,13 +68,13 @@ class TrainPlan:
     compression: str
     train_limit: int | None
     privacy: PlanPrivacy
+    proximal_mu: float = 0.0  # FedProx: each local step is pulled toward the round's model by this much
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for RoundStarted.train."""
         privacy = self.privacy
         return {
-            "model": self.model,
-            "dataset": self.dataset,
+            "task": self.task,
             "partition": self.partition,
             "partition_count": self.partition_count,
             "seed": self.seed,
@@ -76,24 +85,36 @@ class TrainPlan:
             "momentum": self.momentum,
             "compression": self.compression,
             "train_limit": self.train_limit,
+            "proximal_mu": self.proximal_mu,
             "privacy": {
                 "enabled": privacy.enabled,
                 "epsilon": privacy.epsilon,
                 "delta": privacy.delta,
                 "max_grad_norm": privacy.max_grad_norm,
+                "accountant": privacy.accountant,
             },
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainPlan:
         """The plan in ``data``; CodecError naming the field (``train.<name>``) when a key is missing or
-        unknown, or a value has the wrong type (bool is no number) or is outside what a RunConfig allows."""
+        unknown, or a value has the wrong type (bool is no number) or is outside what a RunConfig allows.
+        A plan written before tasks (``model`` and ``dataset``) reads as the built-in task of that model, one
+        written before strategies without a proximal term."""
+        if not isinstance(data, Mapping):
+            raise CodecError(f"train: must be a map, got {data!r:.100}")
+        try:
+            data = {"proximal_mu": 0.0, **upcast_task(dict(data))}
+        except ConfigError as exc:
+            raise CodecError(f"train.{exc.field}: {exc.message}") from exc
         train = _keys("train", data, _PLAN_KEYS)
-        privacy = _keys("train.privacy", train["privacy"], _PRIVACY_KEYS)
+        logged = train["privacy"]
+        if isinstance(logged, Mapping):  # a plan written before accountants were chosen used RDP
+            logged = {"accountant": "rdp", **logged}
+        privacy = _keys("train.privacy", logged, _PRIVACY_KEYS)
         limit = train["train_limit"]
         plan = cls(
-            model=_text("model", train["model"]),
-            dataset=_text("dataset", train["dataset"]),
+            task=_text("task", train["task"]),
             partition=_text("partition", train["partition"]),
             partition_count=_integer("partition_count", train["partition_count"]),
             seed=_integer("seed", train["seed"]),
@@ -104,11 +125,13 @@ class TrainPlan:
             momentum=_number("momentum", train["momentum"]),
             compression=_text("compression", train["compression"]),
             train_limit=None if limit is None else _integer("train_limit", limit, "an integer or null"),
+            proximal_mu=_number("proximal_mu", train["proximal_mu"]),
             privacy=PlanPrivacy(
                 enabled=_flag("privacy.enabled", privacy["enabled"]),
                 epsilon=_number("privacy.epsilon", privacy["epsilon"]),
                 delta=_number("privacy.delta", privacy["delta"]),
                 max_grad_norm=_number("privacy.max_grad_norm", privacy["max_grad_norm"]),
+                accountant=_text("privacy.accountant", privacy["accountant"]),
             ),
         )
         try:
@@ -121,10 +144,9 @@ class TrainPlan:
 def plan_for(config: RunConfig, *, partition_count: int) -> TrainPlan:
     """The plan every selected client of a round of ``config`` receives, the data cut into ``partition_count``."""
     _check_partition_count(partition_count)
-    rules, privacy = config.round, config.privacy
+    rules = config.round
     return TrainPlan(
-        model=config.model,
-        dataset=config.dataset,
+        task=config.task,
         partition=config.partition,
         partition_count=partition_count,
         seed=config.seed,
@@ -135,9 +157,20 @@ def plan_for(config: RunConfig, *, partition_count: int) -> TrainPlan:
         momentum=rules.momentum,
         compression=config.compression,
         train_limit=config.train_limit,
-        privacy=PlanPrivacy(
-            enabled=privacy.enabled, epsilon=privacy.epsilon, delta=privacy.delta, max_grad_norm=privacy.max_grad_norm
-        ),
+        privacy=plan_privacy(config),
+        proximal_mu=config.strategy.proximal_mu,
+    )
+
+
+def plan_privacy(config: RunConfig) -> PlanPrivacy:
+    """The privacy part of ``config``'s plan: what each client is held to."""
+    privacy = config.privacy
+    return PlanPrivacy(
+        enabled=privacy.enabled,
+        epsilon=privacy.epsilon,
+        delta=privacy.delta,
+        max_grad_norm=privacy.max_grad_norm,
+        accountant=privacy.accountant,
     )
 
 
@@ -151,8 +184,7 @@ def _check_ranges(plan: TrainPlan) -> None:
     _check_partition_count(plan.partition_count)
     privacy = plan.privacy
     RunConfig(
-        model=plan.model,
-        dataset=plan.dataset,
+        task=plan.task,
         partition=plan.partition,
         clients=1,
         seed=plan.seed,
@@ -160,9 +192,14 @@ def _check_ranges(plan: TrainPlan) -> None:
         compression=plan.compression,
         train_limit=plan.train_limit,
         privacy=PrivacyConfig(
-            enabled=privacy.enabled, epsilon=privacy.epsilon, delta=privacy.delta, max_grad_norm=privacy.max_grad_norm
+            enabled=privacy.enabled,
+            epsilon=privacy.epsilon,
+            delta=privacy.delta,
+            max_grad_norm=privacy.max_grad_norm,
+            accountant=privacy.accountant,
         ),
         round=RoundConfig(local_epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr, momentum=plan.momentum),
+        strategy=StrategyConfig(name=FEDPROX, options={"mu": plan.proximal_mu}) if plan.proximal_mu else FEDAVG_ONLY,
     )
 
 

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from contracts.config import RoundConfig
 from contracts.errors import ConfigError
 from contracts.tensor_codec import TensorSpec
 from contracts.tensors import TensorMapping
@@ -31,6 +32,13 @@ class RejectReason(StrEnum):
     STALE_MODEL = "stale_model"
     DUPLICATE = "duplicate"
     BAD_HEADER = "bad_header"
+    EPSILON_MISSING = "epsilon_missing"  # DP is on and the header declares no epsilon
+    BUDGET_EXCEEDED = "budget_exceeded"  # the declared epsilon is past the run's budget
+
+
+# Refusals of bytes damaged on the way, not of what the client computed: the client may send the same update
+# again within the round, so these do not count as its answer.
+DAMAGED_IN_TRANSIT: frozenset[str] = frozenset({RejectReason.CORRUPT.value, RejectReason.DIGEST_MISMATCH.value})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,13 +83,32 @@ def validate_update(
         if bad:
             return Rejection(reason=RejectReason.NOT_FINITE, detail=f"{name}: {bad} non-finite values")
     if max_norm is not None and floats:
-        squares = {name: float(np.sum(np.square(update[name], dtype=np.float64))) for name in floats}
+        squares = _squares(update, floats)
         norm = math.sqrt(sum(squares.values()))
         if norm > max_norm:
             largest = max(squares, key=lambda name: squares[name])
             detail = f"global L2 norm {norm:.6g} > {max_norm:.6g}; largest contributor {largest}"
             return Rejection(reason=RejectReason.NORM_EXCEEDED, detail=detail)
     return None
+
+
+def norm_bound(config: RoundConfig, model_norm: float) -> float | None:
+    """The bound on an update's L2 norm under `config` for a model of `model_norm`: the tighter of the
+    absolute bound and the ratio to the model's norm (taken as at least 1, so a model near zero can move)."""
+    bounds = [config.max_update_norm] if config.max_update_norm is not None else []
+    if config.max_update_norm_ratio is not None:
+        bounds.append(config.max_update_norm_ratio * max(1.0, model_norm))
+    return min(bounds) if bounds else None
+
+
+def l2_norm(tensors: TensorMapping) -> float:
+    """The global L2 norm of the float tensors of `tensors` (in float64)."""
+    floats = [name for name, array in tensors.items() if _kind(np.asarray(array).dtype) == "float"]
+    return math.sqrt(sum(_squares(tensors, floats).values()))
+
+
+def _squares(tensors: TensorMapping, names: Sequence[str]) -> dict[str, float]:
+    return {name: float(np.sum(np.square(tensors[name], dtype=np.float64))) for name in names}
 
 
 def _kind(dtype: np.dtype[np.generic]) -> str | None:

@@ -1,6 +1,7 @@
 """Prometheus metrics of the coordinator and the aggregator, fed from the events they append.
 
-Deriving them from events (not from scattered counters) keeps them consistent with the log.
+Deriving them from events (not from scattered counters) keeps them consistent with the log; what needs
+round state (how long a round took, the most epsilon spent) reads the run-state fold, not a copy of it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contracts.events import (
     UpdateAccepted,
     UpdateRejected,
 )
+from contracts.run_state import RunState
 
 
 class FedbusMetrics:
@@ -46,28 +48,25 @@ class FedbusMetrics:
             "fedbus_uploads_shed", "Uploads refused with RESOURCE_EXHAUSTED under load", registry=r
         )
         self.runs_completed = Counter("fedbus_runs_completed", "Runs completed", ["reason"], registry=r)
-        self._round_started: dict[tuple[str, int], float] = {}
 
-    def observe(self, event: Event, at: float) -> None:
-        """Account for one event that was just appended."""
+    def observe(self, event: Event, at: float, run: RunState | None = None) -> None:
+        """Account for one event that was just appended; `run` is its run's state with the event folded in."""
         match event:
             case RoundStarted():
                 self.rounds_started.inc()
-                self._round_started[(event.run_id, event.round)] = at
             case UpdateAccepted():
                 self.updates_accepted.labels(late=str(event.late).lower()).inc()
                 self.bytes_in.inc(event.wire_bytes)
                 self.compression_ratio.set(event.ratio)
-                if event.epsilon is not None:
-                    self.epsilon.set(max(event.epsilon, self._current(self.epsilon)))
+                if run is not None and run.epsilon is not None:
+                    self.epsilon.set(max(run.epsilon, self._current(self.epsilon)))
             case UpdateRejected():
                 self.updates_rejected.labels(reason=event.reason).inc()
             case ClientDeclined():
                 self.declines.labels(reason=event.reason).inc()
             case QuorumReached():
-                started = self._round_started.pop((event.run_id, event.round), None)
-                if started is not None:
-                    self.round_duration.observe(max(0.0, at - started))
+                if run is not None and run.current is not None:
+                    self.round_duration.observe(max(0.0, at - run.current.started_at))
             case RoundAggregated():
                 self.rounds_aggregated.inc()
                 self.aggregation_seconds.observe(event.duration_s)

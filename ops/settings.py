@@ -24,9 +24,17 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "GRPC_BIND": ("0.0.0.0:50051", "address the coordinator's gRPC server binds"),
     "ENROLLMENT_TOKEN": ("", "shared token clients present to register (or FEDBUS_ENROLLMENT_TOKEN_FILE)"),
     "TOKEN_SECRET": ("", "coordinator's secret that signs client tokens (or FEDBUS_TOKEN_SECRET_FILE)"),
-    "PARTITIONS": ("10", "coordinator: number of data partitions handed out at registration"),
+    "PARTITIONS": ("10", "coordinator: simulated shares handed out to clients without CLIENT_DATA"),
     "INSTANCE_NAME": ("", "client: a stable name to get the same identity back after a restart"),
-    "DATA_DIR": ("", "dataset folder (default ~/.cache/fedbus/data)"),
+    "DATA_DIR": (
+        "",
+        "built-in data sets for simulation and central evaluation (default ~/.cache/fedbus/data)",
+    ),
+    "CLIENT_DATA": (
+        "",
+        "client: its own data folder (train.npz or train/<class>/...; unset: simulate a partition)",
+    ),
+    "TASK_PATH": ("", "folders tasks given as package.module:attribute are imported from (os.pathsep-separated)"),
     "WORKERS": ("1", "training/evaluation processes in this process"),
     "DEVICE": ("cpu", "client/aggregator: where those processes train and evaluate: cpu, cuda or cuda:N"),
     "RUN_CONFIG": ("", "coordinator: a TOML run config to start once enough clients registered"),
@@ -39,10 +47,21 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "TLS_CLIENT_CERT": ("", "client: its certificate for mTLS"),
     "TLS_CLIENT_KEY": ("", "client: its private key for mTLS"),
     "MAX_UPLOADS": ("64", "coordinator: uploads in flight before new ones are shed (RESOURCE_EXHAUSTED)"),
+    "UPLOAD_IDLE_S": ("15", "coordinator: an upload stream that sends nothing for this long loses its slot"),
+    "UPLOAD_MAX_S": ("600", "coordinator: the longest one upload stream may take"),
     "STATE_DIR": ("", "client: folder of its privacy ledgers, kept across restarts (default ~/.local/state/fedbus)"),
     "METRICS_PORT": ("0", "port of the Prometheus /metrics endpoint of this process (0: off)"),
 }
 SECRETS = ("ENROLLMENT_TOKEN", "TOKEN_SECRET")
+TASK_PATH_ENV = f"{PREFIX}TASK_PATH"
+
+
+def add_task_path(folder: str | Path) -> None:
+    """Let tasks spelled package.module:attribute be imported from `folder`, here and in the processes
+    started from here (FEDBUS_TASK_PATH, which fedbus.load_task reads)."""
+    folders = [f for f in os.environ.get(TASK_PATH_ENV, "").split(os.pathsep) if f]
+    if str(folder) not in folders:
+        os.environ[TASK_PATH_ENV] = os.pathsep.join([*folders, str(folder)])
 
 
 def _value(env: Mapping[str, str], name: str) -> str:
@@ -53,6 +72,17 @@ def _value(env: Mapping[str, str], name: str) -> str:
         except OSError as exc:
             raise ConfigError(f"{PREFIX}{name}_FILE", f"cannot read {file_name}: {exc.strerror}") from exc
     return env.get(f"{PREFIX}{name}", VARIABLES[name][0])
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float:
+    text = _value(env, name)
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name}", f"must be a number of seconds, got {text!r}") from exc
+    if not 0 < value <= 86_400:
+        raise ConfigError(f"{PREFIX}{name}", f"must be in (0, 86400] seconds, got {text!r}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, low: int) -> int:
@@ -77,6 +107,7 @@ class Settings:
     partitions: int
     instance_name: str
     data_dir: str | None
+    client_data: Path | None
     workers: int
     device: str
     run_config: Path | None
@@ -85,6 +116,8 @@ class Settings:
     metrics_port: int
     state_dir: Path
     max_uploads: int
+    upload_idle_s: float
+    upload_max_s: float
     server_tls: ServerTls | None
     client_tls: ClientTls | None
 
@@ -102,6 +135,7 @@ class Settings:
             partitions=_int(env, "PARTITIONS", 1),
             instance_name=_value(env, "INSTANCE_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             data_dir=_value(env, "DATA_DIR") or None,
+            client_data=Path(_value(env, "CLIENT_DATA")).expanduser() if _value(env, "CLIENT_DATA") else None,
             workers=_int(env, "WORKERS", 1),
             device=_value(env, "DEVICE"),
             run_config=Path(run_config) if run_config else None,
@@ -110,6 +144,8 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", 0),
             state_dir=Path(_value(env, "STATE_DIR") or Path.home() / ".local" / "state" / "fedbus"),
             max_uploads=_int(env, "MAX_UPLOADS", 1),
+            upload_idle_s=_seconds(env, "UPLOAD_IDLE_S"),
+            upload_max_s=_seconds(env, "UPLOAD_MAX_S"),
             server_tls=_server_tls(env),
             client_tls=_client_tls(env),
         )

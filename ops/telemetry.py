@@ -1,5 +1,10 @@
 """OpenTelemetry for every process: one trace per round, context carried in event envelopes, AMQP headers
-and gRPC metadata; configured by the standard OTEL_* variables; JSON logs carrying trace and span ids."""
+and gRPC metadata; configured by the standard OTEL_* variables; JSON logs carrying trace and span ids.
+
+A database span is sampled only under a parent: a query outside any span is the outbox relay, the
+coordinator's tick or the API's event stream polling the log several times a second, and would otherwise
+be a one-span trace of its own each time, burying the rounds' traces.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,52 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
+
+from contracts.errors import ConfigError
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_EXPORTERS = frozenset({"otlp", "console", "none"})
+# The database instrumentations mark their spans with these (old and stable semantic conventions).
+_DATABASE_KEYS = ("db.system", "db.system.name")
 _configured: TracerProvider | None = None
 
 
 def configure_telemetry(service_name: str, *, instance: str = "") -> TracerProvider:
-    """Install the tracer provider once per process; spans go to OTLP when OTEL_EXPORTER_OTLP_* or
-    OTEL_TRACES_EXPORTER=otlp says so, nowhere otherwise (OTEL_SDK_DISABLED=true turns it all off)."""
+    """Install the tracer provider once per process; spans go where `exporter_names` says (nowhere unless the
+    OTEL_* variables ask), sampled by `trace_sampler`."""
     global _configured
     if _configured is not None:
         return _configured
     attributes: dict[str, Any] = {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}
     if instance:
         attributes["service.instance.id"] = instance
-    provider = TracerProvider(resource=Resource.create(attributes))
-    if _exporting():
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=500))
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=trace_sampler())
+    for exporter in _span_exporters(exporter_names(os.environ)):
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
     _instrument_grpc()
     _configured = provider
     return provider
+
+
+def flush_telemetry() -> None:
+    """Export the spans still buffered (e.g. at the end of an embedded run, which may not be the process's)."""
+    if _configured is not None:
+        _configured.force_flush()
 
 
 def shutdown_telemetry() -> None:
@@ -47,13 +66,63 @@ def shutdown_telemetry() -> None:
         _configured.shutdown()
 
 
-def _exporting() -> bool:
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return False
-    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "")
-    if exporter:
-        return exporter == "otlp"
-    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+def exporter_names(env: Mapping[str, str]) -> frozenset[str]:
+    """The span exporters the standard variables ask for: OTEL_TRACES_EXPORTER ("otlp", "console", both
+    comma-separated, or "none"); when it is unset, "otlp" if an OTLP endpoint is set; none at all when
+    OTEL_SDK_DISABLED=true. An exporter fedbus does not ship is a ConfigError, not a silent nothing."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return frozenset()
+    named = frozenset(name.strip().lower() for name in env.get("OTEL_TRACES_EXPORTER", "").split(",") if name.strip())
+    if not named:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        return frozenset({"otlp"}) if endpoint else frozenset()
+    if unknown := named - _EXPORTERS:
+        raise ConfigError(
+            "OTEL_TRACES_EXPORTER", f"unknown exporter {', '.join(sorted(unknown))} (otlp, console, none)"
+        )
+    return named - {"none"}
+
+
+def _span_exporters(names: frozenset[str]) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    if "otlp" in names:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporters.append(OTLPSpanExporter())
+    if "console" in names:
+        # stderr, one JSON object a line: stdout stays the command's own output, and grep finds a trace id.
+        exporters.append(ConsoleSpanExporter(out=sys.stderr, formatter=_one_line))
+    return exporters
+
+
+def _one_line(span: ReadableSpan) -> str:
+    return str(span.to_json(indent=None)) + "\n"
+
+
+class DatabaseSpansNeedAParent(Sampler):
+    """The root sampler: a database span without a parent starts no trace; any other root span does."""
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        polling = attributes is not None and any(key in attributes for key in _DATABASE_KEYS)
+        decide = ALWAYS_OFF if polling else ALWAYS_ON
+        return decide.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return "DatabaseSpansNeedAParent"
+
+
+def trace_sampler() -> Sampler:
+    """A span with a parent follows it (a round's queries join the round); a root goes to `DatabaseSpansNeedAParent`."""
+    return ParentBased(root=DatabaseSpansNeedAParent())
 
 
 def _instrument_grpc() -> None:

@@ -2,6 +2,8 @@
 
 - IntegrityError on UNIQUE(stream_id, version) or UNIQUE(event_id) -> ConcurrencyConflict
 - lost connections, refused connects, busy/locked databases, serialization failures -> TransientError
+- a login the database refuses or a database that does not exist -> ConfigError("database_url"): the
+  operator's to fix, one line at the CLI, never retried
 - anything else propagates unchanged: it is a bug, not weather.
 """
 
@@ -16,7 +18,7 @@ from typing import TypeVar
 from sqlalchemy import exc as sa_exc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from contracts.errors import ConcurrencyConflict, TransientError
+from contracts.errors import ConcurrencyConflict, ConfigError, TransientError
 from persistence.schema import EVENT_ID_CONSTRAINT, STREAM_VERSION_CONSTRAINT
 
 T = TypeVar("T")
@@ -25,6 +27,11 @@ T = TypeVar("T")
 # server shutting down or starting, too many connections, lock not available.
 _TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03", "53300", "55P03")
 _TRANSIENT_SQLITE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN"}
+# SQLSTATE (or its class) -> what the operator should check: no retry will mend these.
+_OPERATOR_SQLSTATES = (
+    ("28", "the database refused the login: check the user and password of FEDBUS_DATABASE_URL"),
+    ("3D000", "no such database: check FEDBUS_DATABASE_URL, or create it with `fedbus db upgrade`"),
+)
 # PostgreSQL names the constraint; SQLite names the columns.
 _APPEND_CONSTRAINTS = (STREAM_VERSION_CONSTRAINT, EVENT_ID_CONSTRAINT)
 _APPEND_MARKERS = (*_APPEND_CONSTRAINTS, "events.stream_id, events.version", "events.event_id")
@@ -65,6 +72,22 @@ def _is_transient_driver_error(orig: BaseException | None) -> bool:
     return name in {"ConnectionDoesNotExistError", "ConnectionFailureError", "CannotConnectNowError"}
 
 
+def operator_refusal(error: BaseException) -> str | None:
+    """One line saying what the operator got wrong when the database refused the login or the database name,
+    with the driver's own words (which never hold the password); None otherwise."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        sqlstate = getattr(current, "sqlstate", None)
+        for prefix, meaning in _OPERATOR_SQLSTATES:
+            if isinstance(sqlstate, str) and sqlstate.startswith(prefix):
+                return f"{meaning} ({' '.join(str(current).split())})"
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig or current.__cause__ or current.__context__
+    return None
+
+
 @contextmanager
 def translated(action: str) -> Iterator[None]:
     """Run a block of driver calls, raising ConcurrencyConflict / TransientError in place of driver errors."""
@@ -77,6 +100,8 @@ def translated(action: str) -> Iterator[None]:
             raise ConcurrencyConflict(f"{action}: stream version or event id already taken") from error
         raise
     except Exception as error:
+        if (refusal := operator_refusal(error)) is not None:
+            raise ConfigError("database_url", refusal) from error
         if is_transient(error):
             raise TransientError(f"{action}: {type(error).__name__}: {error}") from error
         raise
@@ -106,10 +131,7 @@ IDEMPOTENT_IO = RetryPolicy(name="persistence.idempotent_io")
 
 async def retried(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
     """Await `call()` under `policy`: TransientError is retried, everything else raised at once."""
-    async for attempt in policy.retrying():
-        with attempt:
-            return await call()
-    raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+    return await policy.retrying()(call)
 
 
 __all__ = [
@@ -117,6 +139,7 @@ __all__ = [
     "RetryPolicy",
     "is_append_conflict",
     "is_transient",
+    "operator_refusal",
     "retried",
     "translated",
 ]

@@ -12,12 +12,11 @@ from sqlalchemy.engine import make_url
 
 from contracts.errors import ConfigError
 from contracts.ports import EventLog
-from ops.urls import shown
+from ops.urls import MEMORY_SCHEME, adapter_scheme, shown
 from persistence.in_memory_event_log import InMemoryEventLog
 from persistence.sql_event_log import SqlEventLog
 
 FIELD: Final = "database_url"
-MEMORY_SCHEME: Final = "memory"
 # `postgres` stays because persistence.sql_engine accepts it (the spelling many hosts hand out).
 SQL_SCHEMES: Final = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres", "postgres+asyncpg")
 SCHEMES: Final = (MEMORY_SCHEME, *SQL_SCHEMES)
@@ -30,15 +29,8 @@ async def open_event_log(url: str, *, create: bool = True) -> EventLog:
     (and, for SQLite, the file's folder); deployed roles pass `create=False` because Alembic owns the
     schema. Raises ConfigError("database_url", ...) for any other scheme or an unparsable URL.
     """
-    scheme, separator, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme == MEMORY_SCHEME and separator:
-        if rest:
-            raise ConfigError(FIELD, f"{shown(url)} names a host or path; memory:// takes none")
+    if adapter_scheme(url, field=FIELD, schemes=SCHEMES, kind="an event log URL") == MEMORY_SCHEME:
         return InMemoryEventLog()
-    if not separator or scheme not in SQL_SCHEMES:
-        allowed = ", ".join(f"{name}://" for name in SCHEMES)
-        raise ConfigError(FIELD, f"{shown(url)} is not an event log URL; schemes: {allowed}")
     try:
         make_url(url)
     except ValueError as error:  # sqlalchemy's ArgumentError is a ValueError too

@@ -157,9 +157,12 @@ async def _quorum_reached(conn: AsyncConnection, e: QuorumReached, at: float) ->
 
 
 async def _round_aggregated(conn: AsyncConnection, e: RoundAggregated, at: float) -> None:
-    await conn.execute(
+    row = [rounds.c.run_id == e.run_id, rounds.c.round == e.round]
+    if e.attempt:  # an attempt that failed meanwhile (past its aggregation deadline) changes nothing
+        row += [rounds.c.attempt == e.attempt, rounds.c.status != "failed"]
+    result = await conn.execute(
         update(rounds)
-        .where(rounds.c.run_id == e.run_id, rounds.c.round == e.round)
+        .where(*row)
         .values(
             status="aggregated",
             aggregated_at=at,
@@ -169,6 +172,8 @@ async def _round_aggregated(conn: AsyncConnection, e: RoundAggregated, at: float
             duration_s=e.duration_s,
         )
     )
+    if not result.rowcount:
+        return
     aggregated = (
         select(func.count())
         .select_from(rounds)
@@ -191,8 +196,8 @@ async def _round_aggregated(conn: AsyncConnection, e: RoundAggregated, at: float
 async def _round_failed(conn: AsyncConnection, e: RoundFailed, at: float) -> None:
     await conn.execute(
         update(rounds)
-        .where(rounds.c.run_id == e.run_id, rounds.c.round == e.round)
-        .values(status="failed", attempt=e.attempt, failure_reason=e.reason)
+        .where(rounds.c.run_id == e.run_id, rounds.c.round == e.round, rounds.c.attempt == e.attempt)
+        .values(status="failed", failure_reason=e.reason)
     )
     await conn.execute(update(runs).where(runs.c.run_id == e.run_id).values(updated_at=at))
 

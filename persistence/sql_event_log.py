@@ -20,19 +20,18 @@ from contracts.envelope import Envelope, RecordedEvent
 from contracts.errors import NotFound
 from contracts.event_codec import event_from_dict
 from contracts.ports import EventLog
-from persistence import sql_read_model as read_model
 from persistence.errors import IDEMPOTENT_IO, RetryPolicy, retried, translated
 from persistence.schema import blobs, events, metadata
 from persistence.sql_dialect import append_lock
 from persistence.sql_engine import begin_write, create_engine
+from persistence.sql_read_model import SqlReadModel, prune_blobs
 from persistence.sql_unit_of_work import SqlUnitOfWork
 
 T = TypeVar("T")
-Record = dict[str, Any]
 
 
 class SqlEventLog(EventLog):
-    """EventLog, UnitOfWork factory, BlobStore and read model over one AsyncEngine."""
+    """EventLog, UnitOfWork factory and BlobStore over one AsyncEngine; `reads` is its read model."""
 
     def __init__(
         self, engine: AsyncEngine, *, retry: RetryPolicy = IDEMPOTENT_IO, now: Callable[[], float] = time.time
@@ -84,12 +83,7 @@ class SqlEventLog(EventLog):
             await conn.close()  # rolls back whatever was not committed
 
     async def _read(self, action: str, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        async def once() -> T:
-            with translated(action):
-                async with self._engine.connect() as conn:
-                    return await query(conn)
-
-        return await retried(self._retry, once)
+        return await self.reads.read(action, query)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
@@ -158,33 +152,15 @@ class SqlEventLog(EventLog):
 
         return await self._read("has blob", query)
 
-    async def runs(self) -> list[Record]:
-        """Every run's projection row, newest first."""
-        return await self._read("read runs", read_model.list_runs)
-
-    async def run(self, run_id: str) -> Record:
-        """One run's projection row; NotFound when there is no such run."""
-        found = await self._read("read run", lambda conn: read_model.get_run(conn, run_id))
-        if found is None:
-            raise NotFound(f"run {run_id}")
-        return found
-
-    async def rounds(self, run_id: str) -> list[Record]:
-        """The rounds of a run, in round order."""
-        return await self._read("read rounds", lambda conn: read_model.list_rounds(conn, run_id))
-
-    async def clients(self) -> list[Record]:
-        """Every registered client, by id."""
-        return await self._read("read clients", read_model.list_clients)
-
-    async def updates(self, run_id: str, round_: int) -> list[Record]:
-        """The accepted updates of one round."""
-        return await self._read("read updates", lambda conn: read_model.list_updates(conn, run_id, round_))
+    @property
+    def reads(self) -> SqlReadModel:
+        """The queries on the projections and the log's pages (the API, the CLI, the reports)."""
+        return SqlReadModel(self._engine, retry=self._retry)
 
     async def prune(self, keep_rounds: int) -> int:
         """Delete the blobs of rounds older than each run's last `keep_rounds`; returns how many."""
         async with self._write("prune") as conn:
-            return await read_model.prune_blobs(conn, keep_rounds)
+            return await prune_blobs(conn, keep_rounds)
 
 
 async def _recorded(conn: AsyncConnection, query: Any) -> list[RecordedEvent]:

@@ -15,9 +15,11 @@ from services.api.errors import register_error_handlers
 from services.api.health import health
 from services.api.management import management
 from services.api.metrics import ApiMetrics
+from services.api.params import check_path_values, check_query_size
 from services.api.reads import reads
 from services.api.settings import ApiSettings, Role
 from services.api.stream import stream
+from services.api.stream_slots import StreamSlots
 
 STATIC = Path(__file__).parent / "static"
 access_log = logging.getLogger("fedbus.api.access")
@@ -30,16 +32,19 @@ def create_app(settings: ApiSettings, *, database: ApiDatabase | None = None) ->
     """The Flask app; `database` defaults to one connected to settings.database_url (started here)."""
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     database = database if database is not None else ApiDatabase(settings.database_url).start()
     gate = TokenGate(settings.tokens)
     if not gate.enabled:
         log.warning("no API tokens configured: reads are open to anyone who can connect, management is off")
-    api_metrics = ApiMetrics()
+    slots = StreamSlots(settings.max_streams)
+    api_metrics = ApiMetrics(open_streams=lambda: slots.open)
     app.extensions.update(
         {
             "fedbus.database": database,
             "fedbus.settings": settings,
             "fedbus.metrics": api_metrics,
+            "fedbus.streams": slots,
             "fedbus.closing": threading.Event(),
         }
     )
@@ -52,6 +57,11 @@ def create_app(settings: ApiSettings, *, database: ApiDatabase | None = None) ->
         needed = NEEDS.get(request.blueprint or "")
         if needed is not None:
             gate.check(needed, query_token=request.blueprint == stream.name)
+
+    @app.before_request
+    def check_sizes() -> None:
+        check_query_size()
+        check_path_values(request.view_args)
 
     @app.get("/")
     def dashboard() -> Response:

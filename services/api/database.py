@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from contracts.errors import ConfigError
-from persistence.sql_api_queries import SqlApiQueries
 from persistence.sql_engine import async_url
 from persistence.sql_event_log import SqlEventLog
+from persistence.sql_read_model import SqlReadModel
 from services.api.loop_thread import LoopThread
 
 T = TypeVar("T")
@@ -18,10 +18,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Store:
-    """What database work receives: the log (appends, read helpers) and the API's extra queries."""
+    """What database work receives: the log (appends) and its read model."""
 
     log: SqlEventLog
-    queries: SqlApiQueries
+    reads: SqlReadModel
 
 
 StoreWork = Callable[[Store], Coroutine[Any, Any, T]]
@@ -50,7 +50,7 @@ class ApiDatabase:
 
         async def connect() -> Store:
             log = await SqlEventLog.connect(self._url, create=False)
-            return Store(log=log, queries=SqlApiQueries(log.engine))
+            return Store(log=log, reads=log.reads)
 
         try:
             self._store = self._loop.call(connect, self._timeout)

@@ -1,7 +1,8 @@
 """The API's error vocabulary and the one table that maps errors to HTTP statuses.
 
-Every error response is JSON {"error": message} (plus "field" for bad input). Anything not in the table
-is a bug: it is logged with its traceback and answered 500 without details.
+Every error response is JSON {"error": message} (plus "field" for bad input); a refusal logs one line (the
+access log), never a traceback. Anything not in the table is a bug: it is logged with its traceback and
+answered 500 without details.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ class ApiError(Exception):
 
     status: int = 400
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.retry_after_s = retry_after_s
 
 
 class BadRequest(ApiError):
@@ -48,12 +50,23 @@ class Conflict(ApiError):
     status = 409
 
 
+class TooLarge(ApiError):
+    status = 413
+
+
+class Unavailable(ApiError):
+    """Busy on purpose (a bound is reached): 503 with Retry-After."""
+
+    status = 503
+
+
 # Errors from lower layers, by the status they mean at this edge.
 STATUS_OF: Final[dict[type[Exception], int]] = {
     ConfigError: 400,
     NotFound: 404,
     ConcurrencyConflict: 409,
     TransientError: 503,
+    TimeoutError: 503,  # a database call past its deadline
 }
 
 
@@ -69,7 +82,10 @@ def error_response(status: int, message: str, field: str | None = None) -> Respo
 
 
 def _api_error(error: ApiError) -> Response:
-    return error_response(error.status, error.message, error.field)
+    response = error_response(error.status, error.message, error.field)
+    if error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
 
 
 def _http_error(error: HTTPException) -> Response:
@@ -86,7 +102,7 @@ def _known(error: Exception) -> Response:
     if status == 404:
         message = f"not found: {message}"
     if status == 503:
-        log.warning("database unavailable: %s", error)
+        log.warning("database unavailable: %s", error or type(error).__name__)
         message = "the event log is unavailable; try again"
     return error_response(status, message, field)
 
@@ -112,7 +128,9 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "Missing",
+    "TooLarge",
     "Unauthorized",
+    "Unavailable",
     "error_response",
     "register_error_handlers",
 ]

@@ -34,7 +34,7 @@ def healthz() -> dict[str, str]:
 
 async def database_check(database: ApiDatabase) -> str:
     try:
-        await asyncio.wait_for(database.run(lambda store: store.queries.head()), CHECK_TIMEOUT_S)
+        await asyncio.wait_for(database.run(lambda store: store.reads.head()), CHECK_TIMEOUT_S)
     except Exception as exc:  # readiness: whatever went wrong, the answer is "not ready"
         return f"unreachable: {type(exc).__name__}"
     return "ok"
@@ -68,7 +68,7 @@ async def readyz() -> tuple[dict[str, Any], int]:
 @health.get("/metrics")
 async def metrics() -> Response:
     api_metrics: ApiMetrics = current_app.extensions["fedbus.metrics"]
-    stats = await _db().run(lambda store: store.queries.stats())
+    stats = await _db().run(lambda store: store.reads.stats())
     return Response(api_metrics.render(stats), content_type=CONTENT_TYPE)
 
 

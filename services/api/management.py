@@ -14,14 +14,15 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+from contracts.catalog import check_task
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.errors import ConcurrencyConflict
 from contracts.events import ClientEvicted, RunCompleted, RunCreated
 from contracts.streams import client_stream, run_stream
 from services.api.database import ApiDatabase, Store
-from services.api.errors import BadRequest, Conflict, Missing
-from services.api.params import checked_id, json_object
+from services.api.errors import BadRequest, Conflict
+from services.api.params import checked_id, checked_text, json_object
 
 STOP_ATTEMPTS = 5
 MAX_REASON = 200
@@ -42,6 +43,8 @@ def _check_types(cls: type[Any], prefix: str, data: dict[str, Any]) -> None:
         value, name = data.get(f.name), f"{prefix}{f.name}"
         if f.name in data and f.type == "str" and not (isinstance(value, str) and 0 < len(value) <= 100):
             raise BadRequest(f"{name} must be a non-empty string of at most 100 characters", field=name)
+        if f.type == "str" and isinstance(value, str):
+            checked_text(name, value, max_length=100)
         if f.name in data and f.type == "bool" and not isinstance(value, bool):
             raise BadRequest(f"{name} must be true or false", field=name)
 
@@ -53,6 +56,8 @@ def parse_run_config(body: dict[str, Any]) -> RunConfig:
         if isinstance(body.get(name), dict):
             _check_types(cls, f"{name}.", body[name])
     config = RunConfig.from_dict(body)
+    # A name no package here registers would start a run no aggregator can initialise: refused up front.
+    check_task(config.task)
     if not config.privacy.enabled:  # RunConfig skips these when off; the API's contract checks them always
         PrivacyConfig(**{**dataclasses.asdict(config.privacy), "enabled": True})
     return config
@@ -64,6 +69,9 @@ async def create_run() -> Reply:
     run_id = checked_id("run_id", body.pop("run_id")) if "run_id" in body else f"run-{uuid.uuid4().hex[:10]}"
     config = parse_run_config(body).to_dict()
     event = RunCreated(run_id=run_id, config=config)
+    init_model = config.get("init_model")
+    if init_model is not None and not await _db().run(lambda store: store.log.has_blob(init_model)):
+        raise BadRequest(f"no model blob {init_model} in the event log", field="init_model")
     try:
         await _db().run(lambda store: store.log.append(run_stream(run_id), [Envelope(event=event)], expected_version=0))
     except ConcurrencyConflict as exc:
@@ -73,10 +81,10 @@ async def create_run() -> Reply:
 
 async def _stop(store: Store, run_id: str) -> Json:
     for _ in range(STOP_ATTEMPTS):
-        run = await store.log.run(run_id)  # NotFound -> 404
+        run = await store.reads.run(run_id)  # NotFound -> 404
         if run["status"] != "running":
             raise Conflict(f"run {run_id} is already {run['status']}")
-        version = await store.queries.stream_version(run_stream(run_id))
+        version = await store.reads.stream_version(run_stream(run_id))
         event = RunCompleted(run_id=run_id, reason="stopped", rounds=int(run["rounds_completed"]), metrics={})
         try:
             await store.log.append(run_stream(run_id), [Envelope(event=event)], expected_version=version)
@@ -97,11 +105,10 @@ async def evict_client(client_id: str) -> Json:
     reason = body.get("reason", "evicted by an operator")
     if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON:
         raise BadRequest(f"reason must be a non-empty string of at most {MAX_REASON} characters", field="reason")
+    checked_text("reason", reason, max_length=MAX_REASON)
 
     async def work(store: Store) -> Json:
-        client = await store.queries.client(client_id)
-        if client is None:
-            raise Missing(f"no client {client_id}")
+        client = await store.reads.client(client_id)  # NotFound -> 404
         if client["evicted"]:
             raise Conflict(f"client {client_id} is already evicted")
         event = ClientEvicted(client_id=client_id, reason=reason)

@@ -5,13 +5,13 @@ One CollectorRegistry per app, so that several apps in one process (tests) never
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from persistence.sql_api_queries import LogStats
+from persistence.sql_read_model import LogStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -50,9 +50,9 @@ class LogStatsCollector(Collector):
 
 
 class ApiMetrics:
-    """The app's registry: a request counter and the log gauges."""
+    """The app's registry: a request counter, the open event streams and the log gauges."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, open_streams: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "fedbus_api_requests",
@@ -60,6 +60,8 @@ class ApiMetrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        streams = Gauge("fedbus_api_open_streams", "Event streams open now", registry=self.registry)
+        streams.set_function(open_streams)
         self.log_stats = LogStatsCollector()
         self.registry.register(self.log_stats)
 

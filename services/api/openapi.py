@@ -6,8 +6,8 @@ import copy
 from typing import Any, Final
 
 from contracts.events import EVENT_TYPES
-from services.api.openapi_schemas import SCHEMAS, obj, ref
-from services.api.params import MAX_POSITION
+from services.api.openapi_schemas import PRINTABLE, SCHEMAS, obj, ref
+from services.api.params import MAX_PATH_VALUE, MAX_POSITION
 
 Json = dict[str, Any]
 
@@ -23,7 +23,8 @@ def _errors(*codes: int) -> Json:
         403: "The token's role does not allow this (or management is off: no tokens configured)",
         404: "No such run, round or client",
         409: "The state does not allow it (run exists or already ended, client already evicted)",
-        503: "The event log is unavailable",
+        413: "The body is larger than FEDBUS_API_MAX_BODY_BYTES",
+        503: "The event log is unavailable (or, for the stream, every stream slot is taken: see Retry-After)",
     }
     return {str(code): _json(ref("Error"), text[code]) for code in codes}
 
@@ -32,7 +33,8 @@ READ_ERRORS: Final = (401, 403, 503)
 
 
 def _path_param(name: str, description: str) -> Json:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+    schema = {"type": "string", "maxLength": MAX_PATH_VALUE, "pattern": PRINTABLE}
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
 
 
 def _query(name: str, schema: Json, description: str) -> Json:
@@ -43,7 +45,7 @@ RUN_ID: Final = _path_param("run_id", "the run's id")
 CLIENT_ID: Final = _path_param("client_id", "the client's id")
 EVENT_QUERY: Final = [
     _query("after", {"type": "integer", "minimum": 0, "maximum": MAX_POSITION}, "only events after this log position"),
-    _query("run_id", {"type": "string", "maxLength": 200}, "only this run's events"),
+    _query("run_id", {"type": "string", "maxLength": 200, "pattern": PRINTABLE}, "only this run's events"),
     _query("round", {"type": "integer", "minimum": 0, "maximum": 10000000}, "only this round's events"),
     _query("type", {"type": "string", "enum": list(EVENT_TYPES)}, "only events of this type"),
 ]
@@ -74,6 +76,7 @@ def _post(
         "responses": {str(status): _json(schema, summary)} | _errors(401, 403, 503, *errors),
     }
     if body is not None:
+        operation["responses"] |= _errors(413)
         operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
     return {"post": operation}
 
@@ -104,13 +107,16 @@ PATHS: Final[Json] = {
         errors=(400, 409),
     ),
     "/api/v1/runs/{run_id}": _get(
-        "One run: config, status, progress, model, metrics", ref("Run"), params=[RUN_ID], errors=(*READ_ERRORS, 404)
+        "One run: config, status, progress, model, metrics",
+        ref("Run"),
+        params=[RUN_ID],
+        errors=(*READ_ERRORS, 400, 404),
     ),
     "/api/v1/runs/{run_id}/rounds": _get(
         "The rounds of a run",
         obj({"run_id": {"type": "string"}, "rounds": {"type": "array", "items": ref("Round")}}),
         params=[RUN_ID],
-        errors=(*READ_ERRORS, 404),
+        errors=(*READ_ERRORS, 400, 404),
     ),
     "/api/v1/runs/{run_id}/rounds/{round}": _get(
         "One round of a run",
@@ -127,7 +133,7 @@ PATHS: Final[Json] = {
         errors=(*READ_ERRORS, 400, 404),
     ),
     "/api/v1/runs/{run_id}/privacy": _get(
-        "Epsilon per client and round, budget left", ref("Privacy"), params=[RUN_ID], errors=(*READ_ERRORS, 404)
+        "Epsilon per client and round, budget left", ref("Privacy"), params=[RUN_ID], errors=(*READ_ERRORS, 400, 404)
     ),
     "/api/v1/runs/{run_id}/stop": _post(
         "Stop a running run (appends RunCompleted reason=stopped)",
@@ -135,10 +141,12 @@ PATHS: Final[Json] = {
         obj({"run_id": {"type": "string"}, "status": {"type": "string"}, "rounds_completed": {"type": "integer"}}),
         params=[RUN_ID],
         body=None,
-        errors=(404, 409),
+        errors=(400, 404, 409),
     ),
     "/api/v1/clients": _get("Every registered client", obj({"clients": {"type": "array", "items": ref("Client")}})),
-    "/api/v1/clients/{client_id}": _get("One client", ref("Client"), params=[CLIENT_ID], errors=(*READ_ERRORS, 404)),
+    "/api/v1/clients/{client_id}": _get(
+        "One client", ref("Client"), params=[CLIENT_ID], errors=(*READ_ERRORS, 400, 404)
+    ),
     "/api/v1/clients/{client_id}/evict": _post(
         "Evict a client (appends ClientEvicted)",
         200,
@@ -147,7 +155,7 @@ PATHS: Final[Json] = {
         body={
             "type": "object",
             "additionalProperties": False,
-            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 200}},
+            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": PRINTABLE}},
         },
         errors=(400, 404, 409),
     ),

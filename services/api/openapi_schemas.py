@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from contracts.catalog import DATASETS, MODELS
+from contracts.catalog import BUILTIN_TASKS
+from contracts.config import PARTITION_PATTERN
 from contracts.events import EVENT_TYPES
+from contracts.strategy import STRATEGIES
 
 Json = dict[str, Any]
 
@@ -22,6 +24,8 @@ def obj(properties: Json, *, required: list[str] | None = None) -> Json:
     return {"type": "object", "properties": properties, "required": list(properties) if required is None else required}
 
 
+# Text the API takes from clients has no control characters (services/api/params.py refuses them).
+PRINTABLE: Final = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
 NUMBER: Final = {"type": "number"}
 TIME: Final = {"type": "number", "description": "seconds since the epoch"}
 METRICS: Final = {"type": "object", "additionalProperties": True}
@@ -83,6 +87,23 @@ SCHEMAS: Final[Json] = {
                 }
             ),
             "accepted": {"type": "array", "items": ref("Update")},
+            "federated_evaluation": {
+                "description": "the selected clients' scores of the model this round started from (model_version) "
+                "on their own test data, weighted by their test samples; null when no client has test data",
+                "anyOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "model_version": {"type": "integer"},
+                            "samples": {"type": "integer"},
+                            "clients": {"type": "integer"},
+                        },
+                        "required": ["model_version", "samples", "clients"],
+                        "additionalProperties": {"type": "number"},
+                    },
+                ],
+            },
             "rejected": {
                 "type": "array",
                 "items": obj(
@@ -103,7 +124,7 @@ SCHEMAS: Final[Json] = {
     "Client": obj(
         {
             "client_id": {"type": "string"},
-            "partition_index": {"type": "integer"},
+            "partition_index": nullable("integer"),  # null: a site with data of its own
             "capabilities": {"type": "object"},
             "registered_at": TIME,
             "last_seen": TIME,
@@ -165,18 +186,25 @@ SCHEMAS: Final[Json] = {
         "additionalProperties": False,
         "properties": {
             "run_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"},
-            "dataset": {"type": "string", "enum": list(DATASETS)},
-            "model": {
+            "task": {
                 "type": "string",
-                "enum": list(MODELS),
-                "description": "one shaped for `dataset` (checked by the server)",
+                "maxLength": 100,
+                "examples": list(BUILTIN_TASKS),
+                "description": "a task name registered where the API runs (the built-ins: "
+                + ", ".join(BUILTIN_TASKS)
+                + ") or package.module:attribute",
             },
             "clients": {"type": "integer", "minimum": 1, "maximum": 100000},
             "rounds": {"type": "integer", "minimum": 1, "maximum": 100000},
-            "partition": {"type": "string", "minLength": 1, "maxLength": 100},
+            "partition": {"type": "string", "pattern": f"^(?:{PARTITION_PATTERN})$"},
             "compression": {"type": "string", "enum": ["none", "fp32", "fp16", "int8", "topk:0.1+int8"]},
             "seed": {"type": "integer", "minimum": 0, "maximum": 2147483647},
             "target_accuracy": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+            "init_model": {
+                "type": ["string", "null"],
+                "pattern": "^[0-9a-f]{64}$",
+                "description": "sha256 of a model blob in the log to start from instead of the task's seeded weights",
+            },
             "patience": {"type": "integer", "minimum": 0, "maximum": 100000},
             "min_delta": {"type": "number", "minimum": 0, "maximum": 1},
             "eval_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 10000000},
@@ -190,6 +218,7 @@ SCHEMAS: Final[Json] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
+                    "accountant": {"type": "string", "enum": ["rdp", "prv"]},
                     "enabled": {"type": "boolean"},
                     "epsilon": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
                     "delta": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.1},
@@ -205,18 +234,27 @@ SCHEMAS: Final[Json] = {
                     "min_updates": {"type": "integer", "minimum": 1, "maximum": 100000},
                     "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
                     "grace_s": {"type": "number", "minimum": 0, "maximum": 3600},
+                    "aggregation_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
                     "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
                     "local_epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
                     "batch_size": {"type": "integer", "minimum": 1, "maximum": 65536},
                     "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
                     "momentum": {"type": "number", "minimum": 0, "maximum": 0.999},
                     "max_update_norm": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e9},
+                    "max_update_norm_ratio": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e6},
                     "max_update_bytes": {"type": "integer", "minimum": 1024, "maximum": 4294967296},
                 },
+            },
+            "strategy": {
+                "type": "object",
+                "description": "the server step and its options (server_lr, momentum, beta1, beta2, tau, "
+                "bias_correction, mu: which ones depends on the name; checked by the server)",
+                "properties": {"name": {"type": "string", "enum": list(STRATEGIES)}},
+                "additionalProperties": {"type": ["number", "boolean"]},
             },
         },
     },
 }
 
 
-__all__ = ["SCHEMAS", "nullable", "obj", "ref"]
+__all__ = ["PRINTABLE", "SCHEMAS", "nullable", "obj", "ref"]

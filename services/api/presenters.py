@@ -7,6 +7,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from contracts.evaluation import federated_evaluation
+
 Record = Mapping[str, Any]
 Json = dict[str, Any]
 
@@ -105,6 +107,7 @@ def rounds_view(
                         "total_s": _since(started, row["aggregated_at"]),
                     },
                     "accepted": [_update(u) for u in ups.get(number, [])],
+                    "federated_evaluation": _federated(row["model_version"], ups.get(number, [])),
                     "rejected": [
                         {"client_id": r["client_id"], "reason": r["reason"], "detail": r["detail"], "at": r["at"]}
                         for r in refusals.get(number, [])
@@ -119,11 +122,17 @@ def rounds_view(
     return views
 
 
+def _federated(model_version: int, accepted: Iterable[Record]) -> Json | None:
+    """The round's cohort on the model it started from (model_version), weighted by test samples."""
+    evaluation = federated_evaluation(model_version, (u["metrics"] or {} for u in accepted))
+    return evaluation.to_dict() if evaluation else None
+
+
 def client_view(row: Record) -> Json:
     return finite_doc(
         {
             "client_id": row["client_id"],
-            "partition_index": row["partition_index"],
+            "partition_index": row["partition_index"] if row["partition_index"] >= 0 else None,  # own data
             "capabilities": row["capabilities"],
             "registered_at": row["registered_at"],
             "last_seen": row["last_seen"],

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app
 
 from contracts.events import EVENT_TYPES
-from persistence.sql_api_queries import EventFilter
+from persistence.sql_read_model import EventFilter
 from services.api import presenters
 from services.api.database import ApiDatabase, Store
 from services.api.errors import BadRequest, Missing
@@ -27,22 +27,22 @@ def _db() -> ApiDatabase:
 
 @reads.get("/runs")
 async def list_runs() -> Json:
-    rows = await _db().run(lambda store: store.log.runs())
+    rows = await _db().run(lambda store: store.reads.runs())
     return {"runs": [presenters.run_summary(row) for row in rows]}
 
 
 @reads.get("/runs/<run_id>")
 async def get_run(run_id: str) -> Json:
-    row = await _db().run(lambda store: store.log.run(run_id))
+    row = await _db().run(lambda store: store.reads.run(run_id))
     return presenters.run_detail(row)
 
 
 async def _rounds(store: Store, run_id: str) -> list[Json]:
-    await store.log.run(run_id)  # NotFound -> 404
-    rounds = await store.log.rounds(run_id)
-    accepted = await store.queries.run_updates(run_id)
-    rejected = await store.queries.run_rejections(run_id)
-    declined = await store.queries.run_declines(run_id)
+    await store.reads.run(run_id)  # NotFound -> 404
+    rounds = await store.reads.rounds(run_id)
+    accepted = await store.reads.updates(run_id)
+    rejected = await store.reads.rejections(run_id)
+    declined = await store.reads.declines(run_id)
     return presenters.rounds_view(rounds, accepted, rejected, declined)
 
 
@@ -51,9 +51,9 @@ async def list_rounds(run_id: str) -> Json:
     return {"run_id": run_id, "rounds": await _db().run(lambda store: _rounds(store, run_id))}
 
 
-@reads.get("/runs/<run_id>/rounds/<number>")
-async def get_round(run_id: str, number: str) -> Json:
-    wanted = parse_int("round", number, 0, MAX_ROUND)
+@reads.get("/runs/<run_id>/rounds/<round>")
+async def get_round(run_id: str, round: str) -> Json:  # the path's names are the fields errors name
+    wanted = parse_int("round", round, 0, MAX_ROUND)
     for view in await _db().run(lambda store: _rounds(store, run_id)):
         if view["round"] == wanted:
             return view
@@ -63,9 +63,9 @@ async def get_round(run_id: str, number: str) -> Json:
 @reads.get("/runs/<run_id>/privacy")
 async def get_privacy(run_id: str) -> Json:
     async def work(store: Store) -> Json:
-        run = await store.log.run(run_id)
-        spent = await store.queries.run_privacy(run_id)
-        accepted = await store.queries.run_updates(run_id)
+        run = await store.reads.run(run_id)
+        spent = await store.reads.privacy(run_id)
+        accepted = await store.reads.updates(run_id)
         return presenters.privacy_view(run, spent, accepted)
 
     return await _db().run(work)
@@ -73,15 +73,13 @@ async def get_privacy(run_id: str) -> Json:
 
 @reads.get("/clients")
 async def list_clients() -> Json:
-    rows = await _db().run(lambda store: store.log.clients())
+    rows = await _db().run(lambda store: store.reads.clients())
     return {"clients": [presenters.client_view(row) for row in rows]}
 
 
 @reads.get("/clients/<client_id>")
 async def get_client(client_id: str) -> Json:
-    row = await _db().run(lambda store: store.queries.client(client_id))
-    if row is None:
-        raise Missing(f"no client {client_id}")
+    row = await _db().run(lambda store: store.reads.client(client_id))  # NotFound -> 404
     return presenters.client_view(row)
 
 
@@ -102,7 +100,7 @@ def event_filter(*, default_after: int | None = 0) -> EventFilter:
 @reads.get("/events")
 async def list_events() -> Json:
     page = event_filter()
-    rows = await _db().run(lambda store: store.queries.events(page))
+    rows = await _db().run(lambda store: store.reads.events(page))
     events = [presenters.event_view(row) for row in rows]
     return {"events": events, "next_after": events[-1]["position"] if events else page.after}
 

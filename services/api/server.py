@@ -18,10 +18,27 @@ from contracts.errors import ConfigError
 from ops.telemetry import configure_telemetry, shutdown_telemetry
 from persistence.telemetry import instrument_database
 from services.api.app import close_app, create_app, end_streams
-from services.api.settings import ApiSettings
+from services.api.settings import OUTBUF_HIGH_WATERMARK, ApiSettings
 
 log = logging.getLogger(__name__)
 LOOP_POLL_S = 0.2
+BODY_HEADROOM = 2  # waitress refuses bodies past this many times max_body_bytes; below it Flask's JSON 413
+
+
+def waitress_options(settings: ApiSettings) -> dict[str, Any]:
+    """How waitress serves the app: the limits the API's hardening relies on, spelled out."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "threads": settings.threads,
+        "ident": "fedbus",
+        # Read ahead while a request runs, so a stream sees its client go away (EOF) within one poll
+        # instead of at its next failed write.
+        "channel_request_lookahead": 1,
+        "outbuf_high_watermark": OUTBUF_HIGH_WATERMARK,  # streams write at most half of this (settings)
+        "max_request_body_size": BODY_HEADROOM * settings.max_body_bytes,
+        "log_socket_errors": False,  # a client resetting its connection is not the server's error
+    }
 
 
 def check_exposure(settings: ApiSettings) -> None:
@@ -38,9 +55,7 @@ class ApiServer:
     def __init__(self, settings: ApiSettings, **app_options: Any) -> None:
         check_exposure(settings)
         self.app = create_app(settings, **app_options)
-        self._server: Any = create_server(
-            self.app, host=settings.host, port=settings.port, threads=settings.threads, ident="fedbus"
-        )
+        self._server: Any = create_server(self.app, **waitress_options(settings))
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -100,4 +115,4 @@ def api_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ApiServer", "api_command", "check_exposure"]
+__all__ = ["ApiServer", "api_command", "check_exposure", "waitress_options"]

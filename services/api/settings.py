@@ -2,6 +2,7 @@
 
 FEDBUS_API_TOKENS holds "token:role,token:role" (roles viewer and admin); FEDBUS_API_TOKENS_FILE names a
 file with the same list (commas or newlines). Tokens are secrets: never logged, never in repr.
+FEDBUS_API_MAX_STREAMS, FEDBUS_API_STREAM_MAX_S and FEDBUS_API_MAX_BODY_BYTES override the limits below.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from contracts.errors import ConfigError
 PREFIX: Final = "FEDBUS_"
 DEFAULT_DATABASE_URL: Final = "postgresql://root@127.0.0.1:5432/fedbus"
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+# waitress blocks a worker that writes past this much unsent output to one client (set in server.py); a
+# stream writes at most half of it, so a client that never reads cannot hold a worker past stream_max_s.
+OUTBUF_HIGH_WATERMARK: Final = 16 << 20
+LIMITS_FROM_ENV: Final = {"max_streams": int, "stream_max_s": float, "max_body_bytes": int}
 
 
 class Role(Enum):
@@ -38,16 +43,26 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int = 16  # waitress worker threads; each open event stream holds one
+    max_streams: int = 4  # open event streams at most (at most half the threads); more are refused with 503
     stream_poll_s: float = 0.5
     stream_max_s: float = 300.0  # a stream ends after this; EventSource reconnects with Last-Event-ID
+    stream_max_bytes: int = 4 << 20  # a stream ends after writing this much (the client resumes likewise)
+    max_body_bytes: int = 1 << 20  # a larger request body is refused with 413
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in [0, 65535], got {self.port}")
         if self.threads < 2:
             raise ConfigError("threads", f"must be at least 2, got {self.threads}")
-        if self.stream_poll_s <= 0 or self.stream_max_s <= 0:
-            raise ConfigError("stream_poll_s", "stream timings must be positive")
+        if not 1 <= self.max_streams <= self.threads // 2:
+            detail = f"must be in [1, threads // 2 = {self.threads // 2}], got {self.max_streams}"
+            raise ConfigError("max_streams", detail)
+        if self.stream_poll_s <= 0 or not 0 < self.stream_max_s <= 86_400:
+            raise ConfigError("stream_max_s", "stream timings must be positive (and at most a day)")
+        if not 1024 <= self.stream_max_bytes <= OUTBUF_HIGH_WATERMARK // 2:
+            raise ConfigError("stream_max_bytes", f"must be in [1024, {OUTBUF_HIGH_WATERMARK // 2}]")
+        if not 1024 <= self.max_body_bytes <= 1 << 30:
+            raise ConfigError("max_body_bytes", f"must be in [1024, {1 << 30}], got {self.max_body_bytes}")
 
     @property
     def auth_enabled(self) -> bool:
@@ -66,8 +81,23 @@ class ApiSettings:
             "amqp_url": env.get(f"{PREFIX}AMQP_URL") or None,
             "tokens": parse_tokens(_tokens_text(env)),
         }
+        values |= _limits(env)
         values |= {name: value for name, value in overrides.items() if value is not None}
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _limits(env: Mapping[str, str]) -> dict[str, object]:
+    """FEDBUS_API_<LIMIT> for each of LIMITS_FROM_ENV that is set; ConfigError naming the variable if malformed."""
+    values: dict[str, object] = {}
+    for name, kind in LIMITS_FROM_ENV.items():
+        variable = f"{PREFIX}API_{name.upper()}"
+        text = env.get(variable)
+        if text:
+            try:
+                values[name] = kind(text)
+            except ValueError as exc:
+                raise ConfigError(variable, f"must be a number, got {text!r:.40}") from exc
+    return values
 
 
 def _tokens_text(env: Mapping[str, str]) -> str:
@@ -97,4 +127,4 @@ def parse_tokens(text: str) -> dict[str, Role]:
     return tokens
 
 
-__all__ = ["LOOPBACK_HOSTS", "ApiSettings", "Role", "parse_tokens"]
+__all__ = ["LOOPBACK_HOSTS", "OUTBUF_HIGH_WATERMARK", "ApiSettings", "Role", "parse_tokens"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 from ops.lifecycle import run_until_signalled
@@ -15,7 +16,7 @@ def coordinator(args: argparse.Namespace) -> int:
     from services.roots.coordinator import serve
 
     settings = Settings.from_env()
-    has_options = any(getattr(args, k, None) is not None for k in ("config", "clients", "rounds", "dataset"))
+    has_options = any(getattr(args, k, None) is not None for k in ("config", "clients", "rounds", "task"))
     if not has_options and settings.run_config is not None:
         args.config = settings.run_config
         has_options = True
@@ -36,6 +37,8 @@ def client(args: argparse.Namespace) -> int:
     from services.roots.client import serve
 
     settings = Settings.from_env()
+    if args.data is not None:
+        settings = dataclasses.replace(settings, client_data=args.data.expanduser())
     run_until_signalled(lambda stop: serve(settings, stop))
     return 0
 

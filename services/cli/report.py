@@ -26,13 +26,24 @@ def completion(events: list[RecordedEvent]) -> RunCompleted | None:
     return None
 
 
+def _flat(row: RoundSummary) -> dict[str, Any]:
+    """A round's figures, the federated evaluation of the model it started from as federated_* columns."""
+    flat = {k: v for k, v in asdict(row).items() if k != "federated"}
+    evaluation = row.federated
+    flat["federated_accuracy"] = evaluation.metrics.get("accuracy") if evaluation else None
+    flat["federated_loss"] = evaluation.metrics.get("loss") if evaluation else None
+    flat["federated_samples"] = evaluation.samples if evaluation else 0
+    return flat
+
+
 def write_metrics(out: Path, rows: list[RoundSummary]) -> None:
-    (out / "metrics.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    flat = [_flat(r) for r in rows]
+    (out / "metrics.json").write_text(json.dumps(flat, indent=2))
     with (out / "metrics.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(RoundSummary.__dataclass_fields__))
+        fields = [k for k in RoundSummary.__dataclass_fields__ if k != "federated"]
+        writer = csv.DictWriter(f, fieldnames=[*fields, "federated_accuracy", "federated_loss", "federated_samples"])
         writer.writeheader()
-        for row in rows:
-            writer.writerow(asdict(row))
+        writer.writerows(flat)
 
 
 def write_plot(out: Path, rows: list[RoundSummary], title: str) -> Path:
@@ -43,7 +54,12 @@ def write_plot(out: Path, rows: list[RoundSummary], title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     rounds = [r.round for r in rows]
-    ax.plot(rounds, [r.accuracy for r in rows], marker="o", color="tab:blue", label="test accuracy")
+    central = [(r.round, r.accuracy) for r in rows if r.central]
+    federated = [(r.round, r.federated_accuracy) for r in rows if r.federated_accuracy is not None]
+    if central:
+        ax.plot(*zip(*central, strict=True), marker="o", color="tab:blue", label="test accuracy")
+    if federated:  # the clients' test data, on the model each round started from
+        ax.plot(*zip(*federated, strict=True), marker="^", color="tab:cyan", label="federated accuracy")
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy", color="tab:blue")
     ax.set_ylim(0, 1)
@@ -69,15 +85,16 @@ def summary(
         "run_id": run_id,
         "reason": reason,
         "rounds": len(rows),
-        "final_accuracy": last.accuracy if last else None,
-        "final_loss": last.loss if last else None,
+        "final_accuracy": last.accuracy if last and last.central else None,
+        "final_loss": last.loss if last and last.central else None,
+        "federated_accuracy": next((r.federated_accuracy for r in reversed(rows) if r.federated), None),
         "epsilon": last.epsilon if last else None,
         "delta": config.privacy.delta if config.privacy.enabled else None,
         "dp": config.privacy.enabled,
+        "accountant": config.privacy.accountant if config.privacy.enabled else None,
         "wall_seconds": round(wall_seconds, 2),
         "clients": config.clients,
-        "dataset": config.dataset,
-        "model": config.model,
+        "task": config.task,
         "partition": config.partition,
         "compression": config.compression,
         "bytes_sent": sum(r.bytes_sent for r in rows),

@@ -1,6 +1,7 @@
 """Upload admission: whether an update may come in, reading it within bounds, and the verdict on its bytes.
 
-In order: the header (open round, selected, one per client, base model, size cap) before a byte is read; the
+In order: the header (open round, selected, not yet sent, base model, size cap, privacy) before a byte is read
+(the gRPC edge already holds each client to one upload stream at a time); the
 stream assembled within the size cap and checked against the header's sha256; the bytes decoded with bounded
 decompression and validated against the model's manifest (keys, shapes, dtypes, finite, norm); then stored and
 accepted. Each refusal is an UploadRefused with its reason code and, for a run that exists, an UpdateRejected.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterable
-from dataclasses import dataclass
 
 from contracts.compression import decompress_update
 from contracts.errors import CodecError, DigestMismatch
@@ -18,7 +18,7 @@ from contracts.events import Event, UpdateAccepted
 from contracts.ports import BlobStore
 from contracts.run_state import RunState
 from contracts.tensor_codec import ChunkAssembler, Manifest, TooLarge
-from contracts.update_validation import RejectReason, validate_update
+from contracts.update_validation import RejectReason, norm_bound, validate_update
 from contracts.uploads import UploadHeader
 from ops.telemetry import tracer
 from services.coordinator import decide
@@ -30,20 +30,12 @@ from services.coordinator.registry import ClientRegistry
 _TRACER = tracer("fedbus.coordinator")
 
 
-@dataclass(frozen=True, slots=True)
-class _Slot:
-    run_id: str
-    round: int
-    client_id: str
-
-
 class UploadAdmission:
     def __init__(self, runs: RunLedger, models: ModelServer, clients: ClientRegistry, blobs: BlobStore) -> None:
         self._runs = runs
         self._models = models
         self._clients = clients
         self._blobs = blobs
-        self._in_flight: set[_Slot] = set()  # one upload per client and round at a time
 
     async def receive(
         self, client_id: str, header: UploadHeader, first: bytes, rest: AsyncIterable[bytes]
@@ -51,19 +43,12 @@ class UploadAdmission:
         """Admit, read, validate, store and accept one update; UploadRefused (recorded) when it is refused."""
         run = await self._runs.refresh(header.run_id)
         refusal = decide.header_refusal(run, client_id, header)
-        slot = _Slot(header.run_id, header.round, client_id)
-        if refusal is None and slot in self._in_flight:
-            raise UploadRefused(RejectReason.DUPLICATE, f"{client_id} is already uploading for round {header.round}")
         if refusal is not None:
             # A duplicate is not recorded: the client's first update stands, and a retry must not count as an answer.
             raise refusal if refusal.reason is RejectReason.DUPLICATE else await self._recorded(header, refusal)
-        self._in_flight.add(slot)
-        try:
-            payload = await self._read(header, first, rest, run.config.round.max_update_bytes)
-            with _TRACER.start_as_current_span("validate and accept update", attributes={"fedbus.bytes": len(payload)}):
-                return await self._accept(header, payload)
-        finally:
-            self._in_flight.discard(slot)
+        payload = await self._read(header, first, rest, run.config.round.max_update_bytes)
+        with _TRACER.start_as_current_span("validate and accept update", attributes={"fedbus.bytes": len(payload)}):
+            return await self._accept(header, payload)
 
     async def _read(self, header: UploadHeader, first: bytes, rest: AsyncIterable[bytes], limit: int) -> bytes:
         assembler = ChunkAssembler(expected_size=header.total_size, expected_digest=header.sha256, max_size=limit)
@@ -85,7 +70,8 @@ class UploadAdmission:
         if current is None or current.round != header.round:
             raise UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} closed while uploading")
         manifest = await self._models.manifest(current.model_digest)
-        refusal = _verdict(payload, manifest, max_norm=run.config.round.max_update_norm)
+        bound = norm_bound(run.config.round, await self._models.norm(current.model_digest))
+        refusal = _verdict(payload, manifest, max_norm=bound)
         if refusal is not None:
             raise await self._recorded(header, refusal)
         await self._blobs.put_blob(header.sha256, "update", payload)

@@ -63,7 +63,7 @@ class RunLedger:
         run = self.state(run_id)
         for recorded in await self._log.read_stream(run_stream(run_id), after_version=run.version):
             run.apply_recorded(recorded)
-            self._metrics.observe(recorded.envelope.event, recorded.envelope.occurred_at)
+            self._metrics.observe(recorded.envelope.event, recorded.envelope.occurred_at, run)
         return run
 
     async def commit(self, run_id: str, decision: Decision, follow_up: Decision) -> None:

@@ -12,8 +12,6 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from contracts.train_plan import plan_for
-
 from contracts.events import (
     ClientDeclined,
     Event,
@@ -25,6 +23,7 @@ from contracts.events import (
     UpdateRejected,
 )
 from contracts.run_state import RunState
+from contracts.train_plan import plan_for, plan_privacy
 from contracts.update_validation import RejectReason
 from contracts.uploads import UploadHeader
 from services.coordinator.errors import NoRoundOpen, UploadRefused
@@ -53,6 +52,8 @@ def due(run: RunState, pool: ClientPool, now: float) -> list[Event]:
         if current.attempt < run.config.round.max_attempts:
             return _start_round(run, pool, now, current.round, current.attempt + 1)
         return [_completed(run, StopReason.FAILED)]
+    if current.closed:
+        return _aggregation_overdue(run, now)
     decision = close_decision(current, run.config, now)
     if decision is RoundDecision.QUORUM:
         accepted = list(current.accepted.values())
@@ -69,12 +70,27 @@ def due(run: RunState, pool: ClientPool, now: float) -> list[Event]:
                 update_digests=tuple(u.digest for u in accepted),
                 sample_counts=tuple(u.num_samples for u in accepted),
                 train_loss=sum(u.loss * u.num_samples for u in accepted) / max(1, samples),
+                server_state=run.server_state,
             )
         ]
     if decision is RoundDecision.FAIL:
         why = "deadline" if now >= current.deadline else "too few updates"
         return [RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=why)]
     return []
+
+
+AGGREGATION_TIMEOUT = "aggregation_timeout"
+
+
+def _aggregation_overdue(run: RunState, now: float) -> list[Event]:
+    """RoundFailed for a closed round that no aggregator finished in time (a crash, a dead-lettered quorum):
+    the retry starts a new attempt instead of leaving the run waiting for ever."""
+    current = run.current
+    assert current is not None and current.closed_at is not None
+    limit = run.config.round.aggregation_timeout_s
+    if now < current.closed_at + limit:
+        return []
+    return [RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=AGGREGATION_TIMEOUT)]
 
 
 def then(run: RunState, events: Sequence[Event], pool: ClientPool, now: float) -> list[Event]:
@@ -100,6 +116,19 @@ def header_refusal(run: RunState, client_id: str, header: UploadHeader) -> Uploa
     limit = run.config.round.max_update_bytes
     if header.total_size > limit:
         return UploadRefused(RejectReason.TOO_LARGE, f"{header.total_size} bytes > limit {limit}")
+    return _privacy_refusal(run, header)
+
+
+def _privacy_refusal(run: RunState, header: UploadHeader) -> UploadRefused | None:
+    """With DP on, an update must declare the epsilon its client has spent, and it must be within budget."""
+    privacy = plan_privacy(run.config)
+    if not privacy.enabled:
+        return None
+    if header.epsilon is None:
+        return UploadRefused(RejectReason.EPSILON_MISSING, "the run is differentially private: declare epsilon")
+    if privacy.exceeded_by(header.epsilon):
+        detail = f"declared epsilon {header.epsilon:.6g} is past the run's budget {privacy.epsilon:g}"
+        return UploadRefused(RejectReason.BUDGET_EXCEEDED, detail)
     return None
 
 
@@ -151,6 +180,22 @@ def decline(run: RunState, client_id: str, round_: int, reason: str, pool: Clien
         raise NoRoundOpen(f"{client_id} is not selected in an open round {round_} of {run.run_id}")
     event = ClientDeclined(run_id=run.run_id, round=round_, client_id=client_id, reason=reason[:200])
     return then(run, [event], pool, now)
+
+
+RESUMED = "resumed"
+
+
+def resume(run: RunState, pool: ClientPool, now: float) -> list[Event]:
+    """A run taken up again by new processes (`fedbus run --resume`), whose broker went with the old ones: its
+    open round's RoundStarted (or QuorumReached) will reach nobody, so that attempt fails as `resumed` and the
+    next attempt starts now, whatever `max_attempts` says (the old processes' end is no failure of the round)."""
+    current = run.current
+    if run.completed or current is None or current.aggregated or current.failed:
+        return due(run, pool, now)
+    failed = RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=RESUMED)
+    preview = copy.deepcopy(run)
+    preview.apply(failed, now)
+    return [failed, *_start_round(preview, pool, now, current.round, current.attempt + 1)]
 
 
 def stop(run: RunState) -> list[Event]:

@@ -21,3 +21,7 @@ class RunNotFound(FedbusError, LookupError):
 
 class NoRoundOpen(FedbusError):
     """A decline or an upload names a round that is not open."""
+
+
+class UploadStalled(FedbusError):
+    """An upload stream that sent nothing for too long, or ran past its time: its slot goes to others."""

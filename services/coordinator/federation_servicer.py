@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -13,11 +15,13 @@ from contracts.ports import Clock
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import iter_chunks
-from contracts.uploads import ClientCapabilities, UploadHeader
+from contracts.uploads import ClientCapabilities, UploadHeader, check_count, check_text
 from contracts.wire import CHUNK_SIZE, RETRY_AFTER_KEY
 from ops.clock import SystemClock
 from services.coordinator.coordinator import Coordinator
+from services.coordinator.errors import UploadStalled
 from services.coordinator.grpc_status import status_of
+from services.coordinator.grpc_wire import Malformed, parsed
 from services.coordinator.tokens import PermissionDenied, TokenAuthority, Unauthenticated
 
 RETRY_AFTER_MS = 200
@@ -32,6 +36,15 @@ def bearer(context: grpc.aio.ServicerContext[object, object]) -> str:
     raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadLimits:
+    """How many upload streams may be open, and how long one may hold its slot."""
+
+    max_concurrent: int = 64  # streams in flight; past it new ones are shed with RESOURCE_EXHAUSTED
+    idle_s: float = 15.0  # the longest wait for a stream's next chunk
+    max_s: float = 600.0  # the longest a stream may take from its first byte to its last
+
+
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
         self,
@@ -40,11 +53,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         *,
         chunk_size: int = CHUNK_SIZE,
         clock: Clock | None = None,
-        max_concurrent_uploads: int = 64,
+        uploads: UploadLimits | None = None,
     ) -> None:
         self._coordinator = coordinator
-        self._max_uploads = max_concurrent_uploads
-        self._uploads = 0  # in flight; one event loop, so a plain counter is enough
+        self._limits = uploads or UploadLimits()
+        self._uploading: set[str] = set()  # client ids with a stream in flight; one event loop, no lock needed
         self._clock = clock or SystemClock()
         self._tokens = tokens
         self._chunk_size = chunk_size
@@ -53,81 +66,131 @@ class FederationServicer(pb_grpc.FederationServicer):
         return self._tokens.verify(bearer(context), now=self._clock.now())
 
     async def Register(
-        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.RegisterRequest | Malformed, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.RegisterReply:
         try:
             self._tokens.check_enrollment(bearer(context))
-            caps = request.capabilities
-            record = await self._coordinator.clients.register(
-                ClientCapabilities(
-                    device=caps.device, cores=caps.cores, memory_bytes=caps.memory_bytes, hostname=caps.hostname
-                ),
-                request.instance_name,
+            ask: pb.RegisterRequest = parsed(request)
+            caps = ask.capabilities
+            capabilities = ClientCapabilities(
+                device=caps.device,
+                cores=caps.cores,
+                memory_bytes=caps.memory_bytes,
+                hostname=caps.hostname,
+                own_data=caps.own_data,
             )
+            enrolment = await self._coordinator.clients.register(capabilities, ask.instance_name, ask.client_secret)
         except Exception as exc:
             await context.abort(*status_of(exc))
+        record = enrolment.record
         return pb.RegisterReply(
             client_id=record.client_id,
             client_token=self._tokens.issue(record.client_id, now=self._clock.now()),
             partition_index=record.partition_index,
             partition_count=self._coordinator.clients.partition_count,
+            client_secret=enrolment.secret,
         )
 
     async def DownloadModel(
-        self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.DownloadRequest | Malformed, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.ModelChunk]:
         try:
             self._client_id(context)
-            if request.offset < 0:
-                raise CodecError("offset must be >= 0")
-            manifest, data = await self._coordinator.models.model(request.run_id, request.model_version)
+            ask: pb.DownloadRequest = parsed(request)
+            check_text("run_id", ask.run_id, required=True)
+            check_count("model_version", ask.model_version, 0)
+            check_count("offset", ask.offset, 0, 1 << 40)
+            check_count("round", ask.round, 0)
+            manifest, data = await self._coordinator.models.model(ask.run_id, ask.model_version, ask.round)
         except Exception as exc:
             await context.abort(*status_of(exc))
         specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in manifest.tensors]
         first = True
-        chunks = iter_chunks(data, self._chunk_size, offset=request.offset) if request.offset < len(data) else [b""]
+        chunks = iter_chunks(data, self._chunk_size, offset=ask.offset) if ask.offset < len(data) else [b""]
         for chunk in chunks:
             header = pb.Manifest(digest=manifest.digest, size=manifest.size, tensors=specs) if first else None
             yield pb.ModelChunk(manifest=header, data=chunk)
             first = False
 
     async def UploadUpdate(
-        self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext[object, object]
+        self,
+        request_iterator: AsyncIterator[pb.UpdateChunk | Malformed],
+        context: grpc.aio.ServicerContext[object, object],
     ) -> pb.UploadReply:
-        if self._uploads >= self._max_uploads:
-            self._coordinator.metrics.uploads_shed.inc()
-            # Shed load before reading a byte: the client backs off and retries (see RETRY_AFTER_KEY).
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"overloaded: {self._uploads} uploads in flight; retry later",
-                trailing_metadata=((RETRY_AFTER_KEY, str(RETRY_AFTER_MS)),),
-            )
-        self._uploads += 1
         try:
+            # Who is asking comes first: a stream without a valid token never holds a slot.
             client_id = self._client_id(context)
-            first: pb.UpdateChunk | None = await anext(aiter(request_iterator), None)
+        except Exception as exc:
+            await _drain(request_iterator)
+            await context.abort(*status_of(exc))
+        await self._admit_stream(client_id, context)
+        self._uploading.add(client_id)
+        chunks = _paced(request_iterator, self._limits)
+        try:
+            first = await anext(chunks, None)
             if first is None or not first.HasField("header"):
                 raise CodecError("bad_header: the first chunk must carry the header")
             header = _header(first.header)
             if header.client_id != client_id:
                 raise PermissionDenied(f"token of {client_id} cannot upload as {header.client_id}")
-            accepted = await self._coordinator.uploads.receive(client_id, header, first.data, _data(request_iterator))
+            accepted = await self._coordinator.uploads.receive(client_id, header, first.data, _data(chunks))
         except Exception as exc:
-            await _drain(request_iterator)
+            await _drain(request_iterator)  # the stream itself: `chunks` ends with its first error
             await context.abort(*status_of(exc))
         finally:
-            self._uploads -= 1
+            self._uploading.discard(client_id)
         return pb.UploadReply(update_id=accepted.update_id, accepted=True, late=accepted.late)
 
+    async def _admit_stream(self, client_id: str, context: grpc.aio.ServicerContext[object, object]) -> None:
+        """Shed the stream before reading a byte when the client already has one open or every slot is taken;
+        the client backs off and retries (see RETRY_AFTER_KEY)."""
+        if client_id in self._uploading:
+            why = f"{client_id} already has an upload in flight"
+        elif len(self._uploading) >= self._limits.max_concurrent:
+            why = f"overloaded: {len(self._uploading)} uploads in flight"
+        else:
+            return
+        self._coordinator.metrics.uploads_shed.inc()
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{why}; retry later",
+            trailing_metadata=((RETRY_AFTER_KEY, str(RETRY_AFTER_MS)),),
+        )
+
     async def Decline(
-        self, request: pb.DeclineRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.DeclineRequest | Malformed, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.DeclineReply:
         try:
             client_id = self._client_id(context)
-            await self._coordinator.decline(client_id, request.run_id, request.round, request.reason)
+            ask: pb.DeclineRequest = parsed(request)
+            check_text("run_id", ask.run_id, required=True)
+            check_count("round", ask.round, 1)
+            check_text("reason", ask.reason)
+            await self._coordinator.decline(client_id, ask.run_id, ask.round, ask.reason)
         except Exception as exc:
             await context.abort(*status_of(exc))
         return pb.DeclineReply()
+
+
+async def _paced(
+    chunks: AsyncIterator[pb.UpdateChunk | Malformed], limits: UploadLimits
+) -> AsyncIterator[pb.UpdateChunk]:
+    """The stream's chunks, parsed, each within `idle_s` of the last and all within `max_s`: a stream that
+    stalls or trickles gives its slot back (UploadStalled) instead of holding it while it lives."""
+    stream = aiter(chunks)
+    started = time.monotonic()
+    while True:
+        wait = min(limits.idle_s, limits.max_s - (time.monotonic() - started))
+        try:
+            async with asyncio.timeout(max(0.0, wait)):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if wait < limits.idle_s:
+                raise UploadStalled(f"the upload took longer than {limits.max_s:g} s") from None
+            raise UploadStalled(f"no chunk for {limits.idle_s:g} s") from None
+        yield parsed(chunk)
 
 
 async def _data(chunks: AsyncIterator[pb.UpdateChunk]) -> AsyncIterator[bytes]:
@@ -137,7 +200,7 @@ async def _data(chunks: AsyncIterator[pb.UpdateChunk]) -> AsyncIterator[bytes]:
         yield chunk.data
 
 
-async def _drain(chunks: AsyncIterator[pb.UpdateChunk]) -> None:
+async def _drain(chunks: AsyncIterator[pb.UpdateChunk | Malformed]) -> None:
     """Read (and drop) what the client is still sending, up to a bound, before refusing its upload.
 
     grpc.aio clients can see INTERNAL "Internal error from Core" instead of the server's status when the
@@ -146,10 +209,12 @@ async def _drain(chunks: AsyncIterator[pb.UpdateChunk]) -> None:
     INTERNAL and retries it, see workers/client/transport.py).
     """
     seen = 0
-    with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError, grpc.aio.AbortError, StopAsyncIteration):
+    with contextlib.suppress(
+        TimeoutError, grpc.aio.AioRpcError, grpc.aio.AbortError, StopAsyncIteration, CodecError, UploadStalled
+    ):
         async with asyncio.timeout(DRAIN_SECONDS):
             async for chunk in chunks:
-                seen += len(chunk.data)
+                seen += len(chunk.data) if isinstance(chunk, pb.UpdateChunk) else 1
                 if seen > DRAIN_BYTES:
                     return
 

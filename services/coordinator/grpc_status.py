@@ -8,7 +8,8 @@ import grpc
 
 from contracts.errors import CodecError, ConcurrencyConflict, ConfigError, DigestMismatch, NotFound, TransientError
 from contracts.update_validation import RejectReason
-from services.coordinator.errors import NoRoundOpen, RunNotFound, UploadRefused
+from services.coordinator.errors import NoRoundOpen, RunNotFound, UploadRefused, UploadStalled
+from services.coordinator.registry import IdentityClaimed
 from services.coordinator.tokens import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,15 @@ REASON_STATUS: dict[RejectReason, grpc.StatusCode] = {
     RejectReason.ROUND_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
     RejectReason.STALE_MODEL: grpc.StatusCode.FAILED_PRECONDITION,
     RejectReason.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
+    RejectReason.EPSILON_MISSING: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectReason.BUDGET_EXCEEDED: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 ERROR_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (IdentityClaimed, grpc.StatusCode.ALREADY_EXISTS),
+    (UploadStalled, grpc.StatusCode.DEADLINE_EXCEEDED),
     (RunNotFound, grpc.StatusCode.NOT_FOUND),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (NoRoundOpen, grpc.StatusCode.FAILED_PRECONDITION),

@@ -67,6 +67,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         observe("aggregator", settings.instance_name, database=True)
         metrics = FedbusMetrics()
         app = await build(settings, executor=executor, metrics=metrics)
+        # The log connects on first use: read once now, so that a database refusing this user (or without
+        # the schema) stops the aggregator at start rather than failing every message it takes.
+        await app.log.read_all(limit=1)
         serve_metrics(metrics, settings.metrics_port)
         await app.start()
         try:

@@ -11,10 +11,13 @@ import logging
 import os
 import socket
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import grpc
 
 from broker.broker_url import Broker, open_broker
-
+from broker.connection import while_reconnecting
+from broker.topology import queue_key
 from contracts.ports import Clock, Consumption
 from contracts.uploads import ClientCapabilities
 from ops.clock import SystemClock
@@ -22,9 +25,10 @@ from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
 from services.roots.observability import observe
 from services.roots.pool import process_pool, warm_up
+from workers.client.identity_store import IdentityStore
 from workers.client.ledger_store import LedgerStore
 from workers.client.trainer import PoolTrainer
-from workers.client.transport import FederationClient
+from workers.client.transport import FederationClient, RegistrationFailed
 from workers.client.worker import ClientWorker
 from workers.learning.training import check_device
 
@@ -37,6 +41,7 @@ class ClientApp:
     transport: FederationClient
     broker: Broker
     owns_broker: bool
+    secret: str = field(default="", repr=False)  # the identity's client secret: its queue's name derives from it
     _consumer: Consumption | None = None
 
     @property
@@ -44,8 +49,13 @@ class ClientApp:
         return self.worker.client_id
 
     async def start(self) -> None:
-        queue = await self.broker.ensure_client_queue(self.client_id)
-        self._consumer = await self.broker.consume(queue, self.worker.handle, prefetch=1)
+        """Declare this client's queue and consume it; retried while a dropped broker connection comes back
+        (a client restarted in a broker outage must not exit because of it)."""
+        self._consumer = await while_reconnecting()(self._subscribe)
+
+    async def _subscribe(self) -> Consumption:
+        queue = await self.broker.ensure_client_queue(self.client_id, queue_key(self.secret))
+        return await self.broker.consume(queue, self.worker.handle, prefetch=1)
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -63,23 +73,34 @@ async def build(
     clock: Clock | None = None,
     transport: FederationClient | None = None,
     trainer: PoolTrainer | None = None,
-    keep_ledgers: bool = True,
 ) -> ClientApp:
     """Register (the identity of `settings.instance_name`) and wire the worker; the queue is consumed by `start`.
 
-    Ledgers are kept in `settings.state_dir` unless `keep_ledgers` is off (simulated clients of `fedbus run`).
+    Its privacy ledgers and the identity's client secret are kept in `settings.state_dir` (for `fedbus run`'s
+    simulated clients, `out/state`), so a restart or a resumed run carries each client's spend over.
     """
     settings.require("ENROLLMENT_TOKEN")
     # Generous retries: a coordinator restart or a slow start must not make the client give up or drop an update.
     transport = transport or FederationClient(settings.grpc_address, tls=settings.client_tls, attempts=12)
-    capabilities = ClientCapabilities(device=settings.device, cores=os.cpu_count() or 1, hostname=socket.gethostname())
-    registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name)
-    log.info(
-        "registered as %s (partition %s/%s)",
-        registration.client_id,
-        registration.partition_index,
-        registration.partition_count,
+    capabilities = ClientCapabilities(
+        device=settings.device,
+        cores=os.cpu_count() or 1,
+        hostname=socket.gethostname(),
+        own_data=settings.client_data is not None,
     )
+    identity = IdentityStore(settings.state_dir, settings.instance_name)
+    secret = identity.secret()
+    try:
+        registration = await transport.register(settings.enrollment_token, capabilities, settings.instance_name, secret)
+    except grpc.aio.AioRpcError as exc:
+        raise RegistrationFailed.of(settings.grpc_address, settings.client_tls is not None, exc) from exc
+    if registration.secret:
+        identity.keep(registration.client_id, registration.secret)
+    if settings.client_data is not None:
+        log.info("registered as %s (own data in %s)", registration.client_id, settings.client_data)
+    else:
+        share = f"{registration.partition_index}/{registration.partition_count}"
+        log.info("registered as %s (simulated share %s)", registration.client_id, share)
     owns_broker = broker is None
     if broker is None:
         # The coordinator declared the shared topology before serving gRPC; a client may only declare its own queue.
@@ -89,10 +110,13 @@ async def build(
         trainer or PoolTrainer(executor),
         registration,
         data_dir=settings.data_dir,
+        client_data=settings.client_data,
         clock=clock or SystemClock(),
-        ledgers=LedgerStore(settings.state_dir, registration.client_id) if keep_ledgers else None,
+        ledgers=LedgerStore(settings.state_dir, registration.client_id),
     )
-    return ClientApp(worker=worker, transport=transport, broker=broker, owns_broker=owns_broker)
+    return ClientApp(
+        worker=worker, transport=transport, broker=broker, owns_broker=owns_broker, secret=registration.secret or secret
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

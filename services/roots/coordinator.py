@@ -24,6 +24,7 @@ from ops.metrics import serve_metrics
 from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
 from services.coordinator.coordinator import Coordinator
+from services.coordinator.federation_servicer import UploadLimits
 from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from services.relay import OutboxRelay
@@ -56,7 +57,11 @@ class CoordinatorApp:
             self.tokens,
             self.settings.grpc_bind,
             tls=self.settings.server_tls,
-            max_concurrent_uploads=self.settings.max_uploads,
+            uploads=UploadLimits(
+                max_concurrent=self.settings.max_uploads,
+                idle_s=self.settings.upload_idle_s,
+                max_s=self.settings.upload_max_s,
+            ),
         )
         log.info("coordinator serving gRPC on port %s", self.port)
         self._consumer = await self.broker.consume(COORDINATOR_QUEUE, self._on_event)

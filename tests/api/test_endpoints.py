@@ -153,8 +153,10 @@ def test_starting_a_run_appends_run_created_and_a_second_start_conflicts(api: Ap
         ({"compression": 5}, "compression"),
         ({"privacy": {"enabled": "yes"}}, "privacy.enabled"),
         ({"run_id": "bad id!"}, "run_id"),
-        ({"model": "resnet_no_such"}, "model"),  # would poison the aggregator's queue if appended
-        ({"model": "cifar10_cnn"}, "model"),  # a CIFAR-10 model on the default MNIST
+        ({"task": "resnet_no_such"}, "task"),  # would start a run no aggregator can initialise
+        ({"task": "not a task!"}, "task"),
+        ({"init_model": "0" * 64}, "init_model"),  # no such model in the log
+        ({"model": "cifar10_cnn", "dataset": "mnist"}, "model"),  # the pre-task spelling, inconsistent
         ({"privacy": {"enabled": False, "delta": 0.5}}, "privacy.delta"),  # checked even with DP off
         ({"privacy": {"enabled": False, "epsilon": 0}}, "privacy.epsilon"),
         ([1, 2], "body"),
@@ -167,13 +169,13 @@ def test_a_bad_run_config_is_400_naming_the_field(api: ApiServer, body: object, 
     assert response.json()["field"] == field
 
 
-def test_an_unknown_model_is_400_listing_the_models_and_starts_nothing(api: ApiServer) -> None:
+def test_an_unknown_task_is_400_listing_the_tasks_and_starts_nothing(api: ApiServer) -> None:
     run_id = f"run-{uuid.uuid4().hex[:8]}"
 
-    response = post(api, "/api/v1/runs", {"run_id": run_id, "model": "nope"})
+    response = post(api, "/api/v1/runs", {"run_id": run_id, "task": "nope"})
 
     assert response.status_code == 400
-    assert response.json()["field"] == "model"
+    assert response.json()["field"] == "task"
     assert all(name in response.json()["error"] for name in MODELS)
     assert get(api, f"/api/v1/runs/{run_id}").status_code == 404
 

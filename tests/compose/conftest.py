@@ -36,8 +36,7 @@ TIMINGS: dict[str, float] = {}
 
 RUN_CONFIG = """\
 [run]
-dataset = "mnist"
-model = "mnist_dp_cnn"
+task = "mnist_dp_cnn"
 clients = 3
 rounds = 2
 partition = "iid"

@@ -281,6 +281,28 @@ def test_expired_client_messages_are_dead_lettered(open_broker: OpenBroker) -> N
     run(scenario())
 
 
+def test_the_dead_letter_queue_keeps_only_the_newest_messages(open_broker: OpenBroker) -> None:
+    """Junk published at the broker is dead-lettered, and the dead letters cannot grow without bound."""
+
+    async def scenario() -> None:
+        topology = fresh_topology(dead_letter_max_length=3)
+        async with open_broker(topology) as broker:
+
+            async def handler(envelope: Envelope) -> None:
+                return None
+
+            await broker.consume(topology.aggregator.name, handler)
+            for n in range(6):
+                await broker.publish_raw("run.created", b"\xc1 junk", message_id=f"junk-{n}")
+
+            dead = await eventually(
+                lambda: broker.peek(topology.dead_letters.name), lambda m: ids(m) == ["junk-3", "junk-4", "junk-5"]
+            )
+            assert len(dead) == 3
+
+    run(scenario())
+
+
 def test_inspect_ring_keeps_only_the_newest_messages(open_broker: OpenBroker) -> None:
     async def scenario() -> None:
         topology = fresh_topology(inspect_max_length=3)

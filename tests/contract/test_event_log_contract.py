@@ -431,11 +431,11 @@ def test_projections_follow_a_scripted_run(sql_backend: Any, run: Any) -> None:
         async with sql_backend.opened() as log:
             await record(log, scripted_run("r1"))
             return {
-                "runs": await log.runs(),
-                "run": await log.run("r1"),
-                "rounds": await log.rounds("r1"),
-                "clients": await log.clients(),
-                "updates": await log.updates("r1", 1),
+                "runs": await log.reads.runs(),
+                "run": await log.reads.run("r1"),
+                "rounds": await log.reads.rounds("r1"),
+                "clients": await log.reads.clients(),
+                "updates": await log.reads.updates("r1", 1),
             }
 
     seen = run(scenario())
@@ -493,10 +493,10 @@ def test_a_retried_round_replaces_its_row_and_failures_and_refusals_are_recorded
                 ],
                 start=1100.0,
             )
-            failed = await log.rounds("r2")
+            failed = await log.reads.rounds("r2")
             retry = RoundStarted(**{**event_fields(started), "attempt": 2, "selected": ("c1",)})
             await record(log, [("run:r2", retry), ("client:c2", ClientEvicted(client_id="c2", reason="x"))], 1200.0)
-            return failed, await log.rounds("r2"), await log.clients()
+            return failed, await log.reads.rounds("r2"), await log.reads.clients()
 
     failed, retried_rounds, clients = run(scenario())
 
@@ -518,7 +518,7 @@ def test_run_of_an_unknown_id_is_not_found(sql_backend: Any, run: Any) -> None:
     async def scenario() -> None:
         async with sql_backend.opened() as log:
             with pytest.raises(NotFound):
-                await log.run("nope")
+                await log.reads.run("nope")
 
     run(scenario())
 

@@ -42,12 +42,10 @@ class StubEvaluator(PoolEvaluator):
         super().__init__(None, None)
         self._barrier = barrier
 
-    async def initial(self, model: str, seed: int) -> TensorDict:
+    async def initial(self, task: str, seed: int) -> TensorDict:
         return {name: array.copy() for name, array in BASE.items()}
 
-    async def evaluate(
-        self, weights: TensorMapping, *, model: str, dataset: str, limit: int | None
-    ) -> dict[str, float]:
+    async def evaluate(self, weights: TensorMapping, *, task: str, limit: int | None) -> dict[str, float]:
         if self._barrier is not None:
             await self._barrier.wait()
         return {"accuracy": 0.5, "loss": 1.0}

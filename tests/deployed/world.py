@@ -7,6 +7,7 @@ wait gives up early, with every process's output tail, when a process the test d
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from broker.topology import client_queue, queue_key
 from contracts.events import Event
 from persistence.sql_event_log import SqlEventLog
 from tests.support.processes import FedbusProcess, Fleet, fedbus_cli
@@ -27,8 +29,7 @@ REGISTERED = re.compile(r"registered as (c-[0-9a-f]+)")
 
 # Small enough for two shared cores: ~750 MNIST samples per client, DP-SGD at epsilon 3.
 SMALL_RUN: dict[str, Any] = {
-    "dataset": "mnist",
-    "model": "mnist_dp_cnn",
+    "task": "mnist_dp_cnn",
     "partition": "iid",
     "compression": "int8",
     "seed": 0,
@@ -57,7 +58,7 @@ def run_toml(config: Mapping[str, Any]) -> str:
 
 
 def process_env(
-    *, amqp_url: str, database_url: str, data_dir: str, config_path: Path, run_id: str, port: int
+    *, amqp_url: str, database_url: str, data_dir: str, config_path: Path, run_id: str, port: int, state_dir: Path
 ) -> dict[str, str]:
     """The environment every fedbus process of a test deployment shares."""
     return {
@@ -71,6 +72,7 @@ def process_env(
         "FEDBUS_RUN_CONFIG": str(config_path),
         "FEDBUS_RUN_ID": run_id,
         "FEDBUS_DATA_DIR": data_dir,
+        "FEDBUS_STATE_DIR": str(state_dir),  # the clients' identities and ledgers, one folder per test
         "FEDBUS_DOWNLOAD": "0",
         "FEDBUS_WORKERS": "1",
         "OMP_NUM_THREADS": "1",
@@ -141,6 +143,12 @@ class Deployment:
     def start_client(self, name: str) -> FedbusProcess:
         """A client with a stable instance name (its identity survives a coordinator restart)."""
         return self.fleet.start(name, "client", FEDBUS_INSTANCE_NAME=f"{self.run_id}-{name}")
+
+    def client_queue(self, name: str) -> str:
+        """The queue of the client process `name`, from the identity it keeps (call once it registered)."""
+        instance = f"{self.run_id}-{name}"
+        identity = json.loads((Path(self.fleet.env["FEDBUS_STATE_DIR"]) / f"identity-{instance}.json").read_text())
+        return client_queue(identity["client_id"], queue_key(identity["client_secret"])).name
 
     def client_id(self, process: FedbusProcess) -> str:
         """The id the coordinator gave this client (from its `registered as` log line)."""

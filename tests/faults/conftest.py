@@ -58,6 +58,7 @@ def faulty(amqp_url: str, database_url: str, data_dir: str, tmp_path: Path) -> I
         config_path=config_path,
         run_id=run_id,
         port=port,
+        state_dir=tmp_path / "state",
     )
     fleet = Fleet(tmp_path / "logs", env)
     world = Deployment(

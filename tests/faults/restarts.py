@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker.topology import client_queue
 from tests.deployed.world import Deployment
 from tests.faults.health import REGISTERED, ConsumerCensus, line_since, output_size
 
@@ -32,6 +31,7 @@ class Cast:
     coordinator: str
     aggregators: list[str]
     clients: dict[str, str]  # process name -> client id
+    queues: dict[str, str]  # process name -> its queue (the name derives from the client's secret)
 
     def role_of(self, name: str) -> str:
         if name == self.coordinator:
@@ -40,7 +40,7 @@ class Cast:
 
     def wanted_consumers(self, starting: set[str]) -> dict[str, int]:
         """Queue -> consumers expected from the processes that are not starting."""
-        wanted = {client_queue(cid).name: 1 for name, cid in self.clients.items() if name not in starting}
+        wanted = {self.queues[name]: 1 for name in self.clients if name not in starting}
         wanted["fedbus.aggregator"] = sum(1 for name in self.aggregators if name not in starting)
         if self.coordinator not in starting:
             wanted["fedbus.coordinator"] = 1
@@ -97,7 +97,7 @@ class Restarts:
             found = REGISTERED.search(line)
             if not found or found.group(1) != self._cast.clients[name]:
                 self.identity_lost.append(f"{name}: {line}")
-            queue = client_queue(self._cast.clients[name]).name
+            queue = self._cast.queues[name]
             missing = await self._census.until_whole({queue: 1}, fleet, within=READY_WAIT_S)
             if missing:
                 raise AssertionError(f"{name} registered but never consumed {queue}:\n{fleet.tails()}")

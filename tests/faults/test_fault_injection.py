@@ -29,7 +29,7 @@ from tests.faults.triggers import completed, current_round
 pytestmark = [pytest.mark.integration, pytest.mark.deployed, pytest.mark.faults]
 CLIENTS = 4
 AGGREGATORS = 2
-ROUNDS = 10  # 6-8 rounds can finish before 20 faults: unstalled rounds take 2-5 s here
+ROUNDS = 14  # 10 rounds have finished after 17 faults: unstalled rounds take 2-5 s here
 MIN_FAULTS = 20
 DEAD_LETTERS = DEFAULT.dead_letters.name
 ROUND_RULES = {"quorum": 0.75, "grace_s": 0.0, "timeout_s": 40.0, "max_attempts": 5, "local_epochs": 2}
@@ -75,6 +75,7 @@ def test_a_dp_run_survives_twenty_crashes_cuts_and_disconnects_with_every_update
         coordinator="coordinator",
         aggregators=aggregators,
         clients={name: world.client_id(process) for name, process in clients.items()},
+        queues={name: world.client_queue(name) for name in clients},
     )
     seed = fault_seed()
     records: list[FaultRecord] = []

@@ -14,16 +14,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.catalog import MODELS
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.errors import ConfigError
+from contracts.strategy import OPTIONS
 from tests.hardening.tally import Tally
 
 ROOT = Path(__file__).resolve().parents[2]
 TALLY = Tally("invalid_configs")
-TOP = sorted(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("privacy", "round"))
+TOP = sorted(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("privacy", "round", "strategy"))
 SECTIONS = {"privacy": PrivacyConfig, "round": RoundConfig}
-KNOWN = set(TOP) | {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)} | set(SECTIONS)
+STRATEGY_FIELDS = {"strategy", "strategy.name"} | {f"strategy.{o}" for options in OPTIONS.values() for o in options}
+KNOWN = (
+    set(TOP)
+    | {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    | set(SECTIONS)
+    | STRATEGY_FIELDS
+)
 
 values = st.one_of(
     st.none(),
@@ -73,7 +79,7 @@ def test_any_plain_data_builds_a_config_or_raises_config_error_naming_the_field(
 
 def _tables(data: dict[str, Any]) -> list[tuple[str, dict[Any, Any]]]:
     tables: list[tuple[str, dict[Any, Any]]] = [("", data)]
-    tables += [(f"{name}.", data[name]) for name in SECTIONS if isinstance(data.get(name), dict)]
+    tables += [(f"{name}.", data[name]) for name in (*SECTIONS, "strategy") if isinstance(data.get(name), dict)]
     return tables
 
 
@@ -88,7 +94,7 @@ def test_the_cli_refuses_invalid_flags_with_exit_2_and_one_line(tmp_path: Path) 
     cases = [
         ["--clients", "many"],
         ["--clients", "3", "--quorum", "7", "--compression", "zip"],
-        ["--model", "nope"],
+        ["--task", "nope"],
         ["--device", "tpu"],
     ]
     if not torch.cuda.is_available():
@@ -111,14 +117,14 @@ def test_the_cli_refuses_invalid_flags_with_exit_2_and_one_line(tmp_path: Path) 
         assert "Traceback" not in answer.stderr
     assert "--clients" in answers[0].stderr
     assert "quorum" in answers[1].stderr or "compression" in answers[1].stderr
-    assert "model" in answers[2].stderr and "mnist_dp_cnn" in answers[2].stderr
+    assert "task" in answers[2].stderr and "mnist_dp_cnn" in answers[2].stderr
     assert all("device" in answer.stderr for answer in answers[3:])
     assert all("no CUDA GPU" in answer.stderr for answer in answers[4:])
 
 
-def test_the_coordinator_refuses_a_run_config_file_naming_an_unknown_model_with_one_line(tmp_path: Path) -> None:
+def test_the_coordinator_refuses_a_run_config_file_with_a_misspelled_task_with_one_line(tmp_path: Path) -> None:
     run_file = tmp_path / "run.toml"
-    run_file.write_text('[run]\nmodel = "nope"\n')
+    run_file.write_text('[run]\ntask = "no such task"\n')
     env = {**os.environ, "FEDBUS_RUN_CONFIG": str(run_file), "OMP_NUM_THREADS": "1"}
 
     answer = subprocess.run(
@@ -131,5 +137,5 @@ def test_the_coordinator_refuses_a_run_config_file_naming_an_unknown_model_with_
     )
 
     assert answer.returncode == 2, answer.stderr
-    line = f"fedbus coordinator: error: model: unknown model 'nope'; one of {', '.join(MODELS)}"
+    line = "fedbus coordinator: error: task: 'no such task' is neither a task name nor package.module:attribute"
     assert answer.stderr.strip().splitlines() == [line]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,13 +25,14 @@ from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import encode_with_manifest
 from contracts.uploads import ClientCapabilities
+from fedbus import Simulation
 from ops.clock import SystemClock
 from persistence.in_memory_event_log import InMemoryEventLog
 from services.coordinator.coordinator import Coordinator
 from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from tests.support.polling import eventually
-from workers.client.trainer import PoolTrainer, partition_indices
+from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.client.worker import ClientWorker
 from workers.learning.datasets import load_dataset
@@ -136,7 +138,7 @@ async def open_round(log: InMemoryEventLog, coordinator: Coordinator) -> tuple[s
         round=RoundConfig(quorum=1.0, timeout_s=600, batch_size=32),
     )
     run_id = await coordinator.create_run(config)
-    weights = to_numpy(build_model(config.model, seed=config.seed))
+    weights = to_numpy(build_model(config.task, seed=config.seed))
     data, manifest = encode_with_manifest(weights)
     await log.put_blob(manifest.digest, "model", data)
     init = ModelInitialized(run_id=run_id, model_version=0, model_digest=manifest.digest, num_parameters=1)
@@ -176,17 +178,16 @@ def test_clients_send_only_the_declared_update_and_metrics_and_no_training_image
                 wiring = RecordingBroker(broker)
                 wirings.append(wiring)
                 await wiring.consume(await wiring.ensure_client_queue(registration.client_id), worker.handle)
-                indices.append(
-                    partition_indices(
-                        "mnist",
-                        DATA_DIR,
-                        scheme="iid",
-                        count=CLIENTS,
-                        index=registration.partition_index,
-                        seed=0,
-                        limit=SAMPLES,
-                    )
+                simulation = Simulation(
+                    scheme="iid",
+                    clients=CLIENTS,
+                    index=registration.partition_index,
+                    seed=0,
+                    limit=SAMPLES,
+                    dataset_dir=Path(DATA_DIR) if DATA_DIR else None,
                 )
+                labels = load_dataset("mnist", train=True, data_dir=DATA_DIR).labels.numpy()
+                indices.append(simulation.indices(labels))
             run_id, started, weights = await open_round(log, coordinator)
 
             await broker.publish(Envelope(event=started))  # what the outbox relay does in a deployment

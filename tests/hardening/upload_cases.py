@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from contracts.compression import compress_update, parse_compression
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.tensors import TensorDict
+from contracts.uploads import MAX_INT32, MAX_TEXT
 
 Code = grpc.StatusCode
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -134,6 +135,11 @@ def header(t: Target, payload: bytes, codec: str, **overrides: Any) -> pb.Update
     return pb.UpdateHeader(**fields)
 
 
+def in_bounds(text: str) -> str:
+    """`text` made an id a client may send (printable, not empty, not too long): refused for what it names."""
+    return ("x-" + "".join(c for c in text if c.isprintable()))[:MAX_TEXT]
+
+
 def chunked(head: pb.UpdateHeader | None, payload: bytes, size: int) -> list[pb.UpdateChunk]:
     pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
     return [pb.UpdateChunk(header=head if i == 0 else None, data=p) for i, p in enumerate(pieces)]
@@ -243,19 +249,21 @@ def build(r: Recipe, t: Target) -> Attempt:
         head = header(t, payload, r.codec, **{field_name: value})
         return Attempt(chunks=chunked(head, payload, size), metadata=me)
     if kind == "stale_round":
-        other = t.round + 1 + abs(k["int"]) % (2**63 - 1 - t.round)
+        other = t.round + 1 + abs(k["int"]) % (MAX_INT32 - t.round)  # past 2**31 - 1: out of bounds
         return Attempt(chunks=chunked(header(t, payload, r.codec, round=other), payload, size), metadata=me)
     if kind == "old_model_version":
-        assume(k["int"] != t.model_version)
-        head = header(t, payload, r.codec, base_model_version=k["int"])
+        version = abs(k["int"]) % (MAX_INT32 + 1)
+        assume(version != t.model_version)
+        head = header(t, payload, r.codec, base_model_version=version)
         return Attempt(chunks=chunked(head, payload, size), metadata=me)
     if kind == "wrong_client":
-        who = t.other_client_id if k["pick"] % 2 else k["text"]
+        who = t.other_client_id if k["pick"] % 2 else in_bounds(k["text"])
         assume(who != t.client_id)
         return Attempt(chunks=chunked(header(t, payload, r.codec, client_id=who), payload, size), metadata=me)
     if kind == "unknown_run":
-        assume(k["text"] != t.run_id)
-        return Attempt(chunks=chunked(header(t, payload, r.codec, run_id=k["text"]), payload, size), metadata=me)
+        run_id = in_bounds(k["text"])
+        assume(run_id != t.run_id)
+        return Attempt(chunks=chunked(header(t, payload, r.codec, run_id=run_id), payload, size), metadata=me)
     chunks = chunked(header(t, payload, r.codec), payload, size)
     if kind == "no_token":
         choices = [None, (("x-other", "1"),), (("authorization", f"Basic {t.token}"),), (("authorization", ""),)]

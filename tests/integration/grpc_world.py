@@ -13,11 +13,13 @@ from contracts.compression import compress_update, parse_compression
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
 from contracts.events import ModelInitialized, RoundStarted
+from contracts.ports import EventLog
 from contracts.tensor_codec import encode_with_manifest, sha256_hex
 from contracts.tensors import TensorDict
 from contracts.uploads import ClientCapabilities, UploadHeader
 from persistence.in_memory_event_log import InMemoryEventLog
 from services.coordinator.coordinator import Coordinator
+from services.coordinator.federation_servicer import UploadLimits
 from services.coordinator.grpc_server import start_grpc_server
 from services.coordinator.tokens import TokenAuthority
 from workers.client.transport import FederationClient, Registration
@@ -25,7 +27,7 @@ from workers.client.transport import FederationClient, Registration
 
 @dataclass
 class World:
-    log: InMemoryEventLog
+    log: EventLog
     coordinator: Coordinator
     tokens: TokenAuthority
     address: str
@@ -80,14 +82,15 @@ async def world(
     big: bool = False,
     quorum: float = 1.0,
     max_concurrent_uploads: int = 64,
+    uploads: UploadLimits | None = None,
     attempts: int = 1,
-    log: InMemoryEventLog | None = None,
+    log: EventLog | None = None,
 ) -> AsyncIterator[World]:
     log = log or InMemoryEventLog()
     coordinator = Coordinator(log, partition_count=clients)
     tokens = TokenAuthority.generate()
     server, port = await start_grpc_server(
-        coordinator, tokens, "127.0.0.1:0", max_concurrent_uploads=max_concurrent_uploads
+        coordinator, tokens, "127.0.0.1:0", uploads=uploads or UploadLimits(max_concurrent=max_concurrent_uploads)
     )
     address = f"127.0.0.1:{port}"
     registered: list[tuple[FederationClient, Registration]] = []

@@ -48,8 +48,8 @@ def test_three_clients_two_rounds_with_dp_accuracy_rises(tmp_path: Path) -> None
         (["--quorum", "1.5"], "round.quorum"),
         (["--partition", "zipf"], "partition"),
         (["--compression", "gzip"], "compression"),
-        (["--model", "resnet"], "model"),
-        (["--dataset", "imagenet"], "dataset"),
+        (["--task", "resnet"], "task"),
+        (["--task", "no_such_module:task"], "no_such_module"),
     ],
 )
 def test_an_invalid_option_is_one_line_naming_the_field_with_status_2(

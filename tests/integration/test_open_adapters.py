@@ -18,13 +18,11 @@ from broker.in_memory_broker import InMemoryBroker
 from broker.rabbitmq import RabbitBroker
 from broker.topology import AGGREGATOR_QUEUE
 from contracts.envelope import Envelope
-from contracts.errors import ConfigError, TransientError
+from contracts.errors import ConfigError
 from contracts.events import QuorumReached
 from persistence.event_log_url import open_event_log
 from persistence.in_memory_event_log import InMemoryEventLog
-from persistence.sql_admin import create_database, drop_database
 from persistence.sql_event_log import SqlEventLog
-from tests.contract.conftest import PG_ADMIN_URL, new_database_name, require_services
 from tests.support.polling import eventually
 from tests.support.rabbitmq import fresh_vhost
 
@@ -38,20 +36,6 @@ def run(scenario: Coroutine[Any, Any, None]) -> None:
 def quorum(round_: int) -> Envelope:
     event = QuorumReached(run_id="r1", round=round_, model_version=0, update_ids=("u",), partial=False)
     return Envelope(event=event)
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards (same server as the contract suite)."""
-    name = new_database_name()
-    try:
-        url = asyncio.run(create_database(PG_ADMIN_URL, name))
-    except TransientError as error:
-        if require_services():
-            pytest.fail(f"PostgreSQL required but unreachable: {error}")
-        pytest.skip(f"PostgreSQL unreachable: {error}")
-    yield url
-    asyncio.run(drop_database(PG_ADMIN_URL, name))
 
 
 @pytest.fixture(scope="module")

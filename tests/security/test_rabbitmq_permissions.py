@@ -17,6 +17,7 @@ import aiormq.exceptions
 import pytest
 
 from broker.rabbitmq import RabbitBroker
+from broker.topology import queue_key
 from contracts.envelope import Envelope
 from contracts.events import RoundStarted
 from tests.support.rabbitmq import fresh_vhost
@@ -81,6 +82,20 @@ async def _refused(url: str, action: str) -> bool:
         await connection.close()
 
 
+async def publish_round_started(coordinator: RabbitBroker, client_id: str, received: list[Envelope]) -> RoundStarted:
+    """Publish a RoundStarted selecting `client_id` and wait (a bounded while) for `received` to fill."""
+    started = RoundStarted(
+        run_id="r", round=1, attempt=1, model_version=0, model_digest="d", selected=(client_id,), deadline=0.0,
+        train={},
+    )  # fmt: skip
+    await coordinator.publish(Envelope(event=started))
+    for _ in range(200):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    return started
+
+
 def test_a_client_user_reads_only_its_own_queue_and_publishes_nothing(users: dict[str, str]) -> None:
     async def scenario() -> None:
         coordinator = await RabbitBroker.connect(users["coordinator"])  # declares the shared topology
@@ -93,15 +108,7 @@ def test_a_client_user_reads_only_its_own_queue_and_publishes_nothing(users: dic
                 received.append(envelope)
 
             await client.consume(queue, handle)
-            started = RoundStarted(
-                run_id="r", round=1, attempt=1, model_version=0, model_digest="d", selected=("c-perm",),
-                deadline=0.0, train={},
-            )  # fmt: skip
-            await coordinator.publish(Envelope(event=started))
-            for _ in range(200):
-                if received:
-                    break
-                await asyncio.sleep(0.05)
+            started = await publish_round_started(coordinator, "c-perm", received)
         finally:
             await client.close()
             await coordinator.close()
@@ -117,3 +124,42 @@ def test_the_definitions_quote_vhost_names_we_use() -> None:
     assert quote(definitions["vhosts"][0]["name"]) == "fedbus"
     assert {u["name"] for u in definitions["users"]} >= {"coordinator", "aggregator", "client", "api"}
     assert "guest" not in {u["name"] for u in definitions["users"]}
+
+
+def test_a_client_cannot_reach_another_clients_queue_by_its_id(users: dict[str, str]) -> None:
+    """Clients share one broker user; a queue named after a secret only its client knows is out of the others'
+    reach: deleting or consuming the queue named after the victim's (public) client id finds nothing."""
+
+    async def scenario() -> tuple[list[Envelope], bool]:
+        coordinator = await RabbitBroker.connect(users["coordinator"])
+        victim = await RabbitBroker.connect(users["client"], declare_topology=False)
+        received: list[Envelope] = []
+        try:
+            queue = await victim.ensure_client_queue("c-victim", queue_key("the victim's client secret"))
+
+            async def handle(envelope: Envelope) -> None:
+                received.append(envelope)
+
+            attacker = await aio_pika.connect(users["client"])
+            try:
+                channel = await attacker.channel()
+                await channel.queue_delete("fedbus.client.c-victim")  # what it can guess: the id is public
+                channel = await attacker.channel()
+                try:
+                    await channel.declare_queue("fedbus.client.c-victim", passive=True)
+                    found = True
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    found = False
+            finally:
+                await attacker.close()
+            await victim.consume(queue, handle)
+            await publish_round_started(coordinator, "c-victim", received)
+            return received, found
+        finally:
+            await victim.close()
+            await coordinator.close()
+
+    received, found = asyncio.run(scenario())
+
+    assert not found, "the victim's queue is reachable by its client id"
+    assert len(received) == 1, "the victim's queue lost its events"

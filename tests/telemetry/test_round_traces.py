@@ -7,28 +7,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from persistence.sql_admin import drop_database
-from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.rabbitmq import fresh_vhost
+from tests.telemetry.traces import check_round_traces
 
 PG_ADMIN_URL = os.environ.get("FEDBUS_TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres")
 DATA_DIR = os.environ.get("FEDBUS_DATA_DIR") or str(Path(__file__).resolve().parents[3] / "shared" / "datasets")
-
-
-def round_traces(spans: list[ReceivedSpan]) -> dict[int, set[str]]:
-    """round number -> the trace ids whose root is that round's `round N` span."""
-    rounds: dict[int, set[str]] = defaultdict(set)
-    for span in spans:
-        if span.name.startswith("round ") and not span.parent_span_id:
-            rounds[int(span.attributes["fedbus.round"])].add(span.trace_id)  # type: ignore[call-overload]
-    return rounds
 
 
 @pytest.mark.integration
@@ -53,24 +43,14 @@ def test_each_round_is_one_trace_across_coordinator_clients_and_aggregator(tmp_p
                  "--out", str(tmp_path / "out")],
                 env=env, capture_output=True, text=True, timeout=600,
             )  # fmt: skip
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-            assert summary["rounds"] == 2
-
-            # Every process flushed its spans at shutdown; the receiver may still be writing the last batch.
-            deadline = time.monotonic() + 30
-            while len(traces := round_traces(receiver.spans())) < 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
         finally:
             asyncio.run(drop_database(PG_ADMIN_URL, database))
+        spans = receiver.spans()  # every process flushed its spans before exiting
 
-        spans = receiver.spans()
-        for round_, trace_ids in sorted(traces.items()):
-            assert len(trace_ids) == 1, f"round {round_} started {len(trace_ids)} traces"
-            in_trace = [s for s in spans if s.trace_id in trace_ids]
-            services = {s.service for s in in_trace}
-            clients = {s.instance for s in in_trace if s.service == "fedbus-client" and s.name == "train"}
-            assert {"fedbus-coordinator", "fedbus-client", "fedbus-aggregator"} <= services, services
-            assert len(clients) >= 2, f"round {round_}: client spans from {clients}"
-            names = {s.name for s in in_trace}
-            assert {"download model", "train", "upload", "aggregate", "evaluate"} <= names, names
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rounds"] == 2
+    for round_, held in check_round_traces(spans, rounds=2).items():
+        services = {span.service for span in held}
+        assert {"fedbus-coordinator", "fedbus-client", "fedbus-aggregator"} <= services, f"round {round_}: {services}"
+        clients = {span.instance for span in held if span.service == "fedbus-client" and span.name == "train"}
+        assert len(clients) >= 2, f"round {round_}: client spans from {clients}"

@@ -5,7 +5,16 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from contracts.events import QuorumReached, RoundAggregated, RoundStarted, UpdateAccepted, UpdateRejected
+from contracts.config import RunConfig
+from contracts.events import (
+    QuorumReached,
+    RoundAggregated,
+    RoundStarted,
+    RunCreated,
+    UpdateAccepted,
+    UpdateRejected,
+)
+from contracts.run_state import state_from_created
 from ops.metrics import FedbusMetrics, serve_metrics
 
 
@@ -36,8 +45,10 @@ def test_metrics_count_what_the_events_say() -> None:
                          duration_s=0.7), 105.0),
     ]  # fmt: skip
 
+    run = state_from_created(RunCreated(run_id="r", config=RunConfig().to_dict()), 99.0)
     for event, at in events:
-        metrics.observe(event, at)
+        run.apply(event, at)
+        metrics.observe(event, at, run)
 
     assert sample(metrics, "fedbus_updates_accepted_total", late="false") == 2
     assert sample(metrics, "fedbus_updates_rejected_total", reason="not_finite") == 1

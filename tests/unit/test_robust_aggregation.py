@@ -371,7 +371,7 @@ def test_the_aggregator_flag_sets_the_round_aggregator() -> None:
 
 
 class NoEvaluation:
-    async def evaluate(self, weights: Any, *, model: str, dataset: str, limit: int | None) -> dict[str, float]:
+    async def evaluate(self, weights: Any, *, task: str, limit: int | None) -> dict[str, float]:
         return {}
 
 

@@ -140,4 +140,6 @@ def test_reject_reasons_have_stable_wire_values() -> None:
         "stale_model",
         "duplicate",
         "bad_header",
+        "epsilon_missing",
+        "budget_exceeded",
     }

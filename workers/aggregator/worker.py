@@ -1,7 +1,8 @@
-"""The aggregator worker: builds the initial model on RunCreated and runs FedAvg on QuorumReached.
+"""The aggregator worker: builds the initial model on RunCreated; on QuorumReached combines the round's
+updates (`round.aggregator`) and applies the run's strategy's server step (`workers.learning.strategies`).
 
-Idempotent: the inbox claim commits in the same transaction as the new model and its event, so a
-redelivered QuorumReached (after a crash before the ack) changes nothing.
+Idempotent: the inbox claim commits in the same transaction as the new model, the strategy's state and the
+event, so a redelivered QuorumReached (after a crash before the ack) changes nothing.
 """
 
 from __future__ import annotations
@@ -13,21 +14,24 @@ import time
 from contracts.compression import decompress_update
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
+from contracts.errors import CodecError, ConfigError, NotFound
 from contracts.events import (
     ModelInitialized,
     QuorumReached,
     RoundAggregated,
     RoundFailed,
+    RunCompleted,
     RunCreated,
 )
 from contracts.ports import EventLog
 from contracts.streams import run_stream
-from contracts.tensor_codec import decode_tensors, encode_with_manifest
+from contracts.tensor_codec import decode_tensors, encode_tensors, encode_with_manifest, sha256_hex
+from fedbus.errors import DataUnavailable, TaskError
 from ops.metrics import FedbusMetrics
 from ops.telemetry import context_of, current_traceparent, tracer
 from workers.aggregator.evaluator import PoolEvaluator
-from workers.learning.fedavg import apply_update
 from workers.learning.robust import aggregator_for
+from workers.learning.strategies import server_step
 
 log = logging.getLogger(__name__)
 _TRACER = tracer("fedbus.aggregator")
@@ -35,6 +39,8 @@ CONSUMER = "aggregator"
 
 
 MAX_CONFIGS = 64
+TASK_UNAVAILABLE = "task_unavailable"  # RunCompleted's reason when the aggregator cannot load the run's task
+INIT_MODEL_UNUSABLE = "init_model_unusable"  # ... or the init_model blob is missing or does not fit the task
 
 
 class AggregatorWorker:
@@ -73,16 +79,38 @@ class AggregatorWorker:
         if any(isinstance(r.envelope.event, ModelInitialized) for r in history):
             return
         config = RunConfig.from_dict(event.config)
-        weights = await self._evaluator.initial(config.model, config.seed)
-        data, manifest = encode_with_manifest(weights)
+        try:
+            data = await self._initial_model(config)
+        except (TaskError, NotFound, ConfigError, CodecError) as exc:
+            # Not one for a redelivery: the run cannot start anywhere like this, so it ends, saying why.
+            reason = TASK_UNAVAILABLE if isinstance(exc, TaskError) else INIT_MODEL_UNUSABLE
+            log.error("run %s cannot start: %s", event.run_id, exc)
+            ended = RunCompleted(run_id=event.run_id, reason=reason, rounds=0, metrics={})
+            async with self._log.transaction() as uow:
+                if await uow.claim(CONSUMER, envelope.event_id):
+                    await uow.append(
+                        run_stream(event.run_id), [Envelope(event=ended, traceparent=envelope.traceparent)]
+                    )
+            return
+        weights = decode_tensors(data)
         params = sum(int(a.size) for a in weights.values())
-        done = ModelInitialized(
-            run_id=event.run_id, model_version=0, model_digest=manifest.digest, num_parameters=params
-        )
+        digest = sha256_hex(data)
+        done = ModelInitialized(run_id=event.run_id, model_version=0, model_digest=digest, num_parameters=params)
         async with self._log.transaction() as uow:
             if await uow.claim(CONSUMER, envelope.event_id):
-                await uow.put_blob(manifest.digest, "model", data)
+                if config.init_model is None:
+                    await uow.put_blob(digest, "model", data)
                 await uow.append(run_stream(event.run_id), [Envelope(event=done, traceparent=envelope.traceparent)])
+
+    async def _initial_model(self, config: RunConfig) -> bytes:
+        """The encoded model version 0: the task's seeded weights, or the `init_model` blob once it is checked
+        to fit the task's model (NotFound, ConfigError naming the mismatch, CodecError)."""
+        if config.init_model is None:
+            data, _ = encode_with_manifest(await self._evaluator.initial(config.task, config.seed))
+            return data
+        data = await self._log.get_blob(config.init_model)
+        await self._evaluator.check_fits(decode_tensors(data), task=config.task)
+        return data
 
     async def _config(self, run_id: str) -> RunConfig:
         """The run's config, read once per run from its first event (the only history an aggregator reads)."""
@@ -121,26 +149,40 @@ class AggregatorWorker:
             # coordinator retries it, instead of leaving it closed and never aggregated.
             await self._fail(envelope, event, f"aggregation failed: {exc}")
             return
-        weights = apply_update(base, combined)
-        with _TRACER.start_as_current_span("evaluate"):
-            metrics = await self._evaluator.evaluate(
-                weights, model=config.model, dataset=config.dataset, limit=config.eval_limit
-            )
+        state = decode_tensors(await self._log.get_blob(event.server_state)) if event.server_state else {}
+        try:
+            weights, new_state = await asyncio.to_thread(server_step, config.strategy, base, combined, state)
+        except ValueError as exc:  # a state that does not fit the model: the round fails and is retried
+            await self._fail(envelope, event, f"strategy step failed: {exc}")
+            return
+        kept = encode_tensors(new_state) if new_state else b""
+        kept_digest = sha256_hex(kept) if kept else ""
+        try:
+            with _TRACER.start_as_current_span("evaluate"):
+                metrics = await self._evaluator.evaluate(weights, task=config.task, limit=config.eval_limit)
+        except (TaskError, DataUnavailable) as exc:
+            await self._fail(envelope, event, f"central evaluation failed: {exc}")
+            return
         metrics["train_loss"] = event.train_loss
         data, manifest = encode_with_manifest(weights)
         done = RoundAggregated(
             run_id=event.run_id,
             round=event.round,
             model_version=event.model_version + 1,
+            attempt=event.attempt,
             model_digest=manifest.digest,
             num_updates=aggregator.count,
             metrics=metrics,
             duration_s=time.perf_counter() - started,
+            server_state=kept_digest,
         )
-        # A redelivery after this commit (a crash before the ack) finds its claim taken and changes nothing.
+        # A redelivery after this commit (a crash before the ack) finds its claim taken and changes nothing; the
+        # strategy's state is a blob like the model, so any aggregator (or a restarted one) takes it up from here.
         async with self._log.transaction() as uow:
             if await uow.claim(CONSUMER, envelope.event_id):
                 await uow.put_blob(manifest.digest, "model", data)
+                if kept:
+                    await uow.put_blob(kept_digest, "strategy", kept)
                 await uow.append(run_stream(event.run_id), [Envelope(event=done, traceparent=current_traceparent())])
                 self.aggregations += 1
                 if self._metrics is not None:

@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
-
-import numpy as np
+from functools import partial
 
 from contracts.tensors import TensorMapping
-from workers.learning.datasets import load_dataset
-from workers.learning.partition import partition
-from workers.learning.training import LocalTrainConfig, LocalTrainResult, train_local
-
-
-def partition_indices(
-    dataset: str, data_dir: str | None, *, scheme: str, count: int, index: int, seed: int, limit: int | None
-) -> np.ndarray:
-    """This client's sample indices: the same seeded split every client computes independently."""
-    labels = load_dataset(dataset, train=True, data_dir=data_dir).labels.numpy()
-    if limit is not None:
-        labels = labels[:limit]
-    return partition(labels, count, scheme, seed=seed)[index]
+from fedbus.data import DataRequest
+from workers.learning.training import LocalTrainConfig, LocalTrainResult, prepare, train_local
 
 
 class PoolTrainer:
     def __init__(self, executor: Executor | None) -> None:
         self._executor = executor
 
+    async def prepare(self, task: str, request: DataRequest, *, private: bool) -> int:
+        """The client's number of training samples, once the task and its data are checked (TaskError,
+        DataUnavailable)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(prepare, task, request, private=private))
+
     async def train(
-        self, base: TensorMapping, indices: np.ndarray, config: LocalTrainConfig, ledger: dict[str, object] | None
+        self, base: TensorMapping, request: DataRequest, config: LocalTrainConfig, ledger: dict[str, object] | None
     ) -> LocalTrainResult:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, train_local, dict(base), indices, config, ledger)
+        return await loop.run_in_executor(self._executor, train_local, dict(base), request, config, ledger)

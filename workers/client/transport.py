@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from contracts.errors import DigestMismatch
+from contracts.errors import DigestMismatch, FedbusError
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import ChunkAssembler, iter_chunks
@@ -22,6 +22,40 @@ MAX_MODEL_BYTES = 2 << 30
 
 
 MASKED_ABORT = "Internal error from Core"
+# What gRPC says when one side speaks TLS and the other does not: a TLS server closes a plaintext
+# connection ("Socket closed"), a TLS client fails its handshake with a plaintext server.
+TLS_MISMATCH_MARKERS = ("socket closed", "ssl", "handshake", "tsi_")
+TLS_PROBES = 2  # a server shutting down may close one connection; two in a row from the start mean TLS
+
+
+class RegistrationFailed(FedbusError):
+    """The coordinator refused the registration, or could not be reached: what the operator must fix."""
+
+    @classmethod
+    def of(cls, address: str, tls: bool, exc: grpc.aio.AioRpcError) -> RegistrationFailed:
+        """The failure of a registration with the coordinator at `address` (over TLS or not), in one line."""
+        what = f"{exc.code().name}: {exc.details()}"
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            why = "it refused the enrollment token (check FEDBUS_ENROLLMENT_TOKEN)"
+        elif tls_mismatch(exc):
+            why = "it looks like a TLS mismatch: " + (
+                "this client speaks TLS (FEDBUS_TLS_CA is set); does the coordinator serve plaintext, or a "
+                "certificate another CA signed?"
+                if tls
+                else "the coordinator speaks TLS and this client plaintext (set FEDBUS_TLS_CA to the CA of its "
+                "certificate)"
+            )
+        elif exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            why = "it could not be reached (is it running, and is FEDBUS_GRPC_ADDRESS right?)"
+        else:
+            why = "it did not register this client"
+        return cls(f"cannot register with the coordinator at {address}: {why}; {what}")
+
+
+def tls_mismatch(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call looks like a TLS client against a plaintext server, or the other way round."""
+    details = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(marker in details for marker in TLS_MISMATCH_MARKERS)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -44,6 +78,7 @@ class Registration:
     token: str
     partition_index: int
     partition_count: int
+    secret: str = ""  # handed out at a first registration only: what gets this identity back
 
 
 class FederationClient:
@@ -80,52 +115,71 @@ class FederationClient:
     def _metadata(self, token: str | None = None) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {token or self.token}"),)
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, call: Callable[[], Awaitable[T]], retryable: Callable[[BaseException], bool] = _retryable
+    ) -> T:
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(retryable),
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable: tenacity reraises")
+        return await retrying(call)
 
     async def register(
-        self, enrollment_token: str, capabilities: ClientCapabilities, instance_name: str = ""
+        self, enrollment_token: str, capabilities: ClientCapabilities, instance_name: str = "", secret: str = ""
     ) -> Registration:
+        """An identity: a new one, or the one of `instance_name` when `secret` is the one it was given.
+
+        A TLS mismatch is not retried once the first TLS_PROBES attempts all looked like one: its
+        AioRpcError comes at once rather than after every retry (RegistrationFailed.of tells it in words).
+        """
         request = pb.RegisterRequest(
             capabilities=pb.Capabilities(
                 device=capabilities.device,
                 cores=capabilities.cores,
                 memory_bytes=capabilities.memory_bytes,
                 hostname=capabilities.hostname,
+                own_data=capabilities.own_data,
             ),
             instance_name=instance_name,
+            client_secret=secret,
         )
 
+        attempts = looked_like_tls = 0
+
         async def call() -> pb.RegisterReply:
-            reply: pb.RegisterReply = await self._stub.Register(
-                request, metadata=self._metadata(enrollment_token), timeout=self._deadline
-            )
+            nonlocal attempts, looked_like_tls
+            attempts += 1
+            try:
+                reply: pb.RegisterReply = await self._stub.Register(
+                    request, metadata=self._metadata(enrollment_token), timeout=self._deadline
+                )
+            except grpc.aio.AioRpcError as exc:
+                looked_like_tls += tls_mismatch(exc)
+                raise
             return reply
 
-        reply = await self._retrying(call)
+        def retryable(exc: BaseException) -> bool:
+            return _retryable(exc) and not (looked_like_tls == attempts == TLS_PROBES)
+
+        reply = await self._retrying(call, retryable)
         self.token = reply.client_token
         return Registration(
             client_id=reply.client_id,
             token=reply.client_token,
             partition_index=reply.partition_index,
             partition_count=reply.partition_count,
+            secret=reply.client_secret,
         )
 
-    async def download_model(self, run_id: str, version: int, expected_digest: str) -> bytes:
-        """The model's bytes, verified against `expected_digest` (DigestMismatch otherwise)."""
+    async def download_model(self, run_id: str, version: int, expected_digest: str, round_: int = 0) -> bytes:
+        """The model's bytes, verified against `expected_digest` (DigestMismatch otherwise); with `round_`,
+        FAILED_PRECONDITION once that round has closed."""
 
         async def call() -> bytes:
             stream = self._stub.DownloadModel(
-                pb.DownloadRequest(run_id=run_id, model_version=version),
+                pb.DownloadRequest(run_id=run_id, model_version=version, round=round_),
                 metadata=self._metadata(),
                 timeout=self._deadline,
             )

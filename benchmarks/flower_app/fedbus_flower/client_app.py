@@ -9,15 +9,16 @@ in the node's `context.state`, as fedbus keeps them in the client's run memory.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedbus_flower.task import DATASET, MODEL, PARTITION, from_record, task_from, to_record
-from workers.client.trainer import partition_indices
+from fedbus.data import DataRequest, Simulation
+from fedbus_flower.task import MODEL, PARTITION, from_record, task_from, to_record
 from workers.learning.privacy import plan_privacy
-from workers.learning.training import LocalTrainConfig, init_worker, train_local
+from workers.learning.training import LocalTrainConfig, init_worker, local_data, train_local
 
 app = ClientApp()
 _STATE = "fedbus"
@@ -30,15 +31,22 @@ def train(msg: Message, context: Context) -> Message:
     index = int(context.node_config["partition-id"])
     count = int(context.node_config["num-partitions"])
     server_round = int(msg.content["config"]["server-round"])
-    indices = partition_indices(
-        DATASET, task.data_dir, scheme=PARTITION, count=count, index=index, seed=task.seed, limit=task.train_limit
+    simulation = Simulation(
+        scheme=PARTITION,
+        clients=count,
+        index=index,
+        seed=task.seed,
+        limit=task.train_limit,
+        dataset_dir=Path(task.data_dir) if task.data_dir else None,
     )
+    request = DataRequest(simulation=simulation)  # the same seeded share as fedbus' simulated client `index`
+    num_samples = len(local_data(MODEL, request).train)  # type: ignore[arg-type]
     memory = context.state.config_records.get(_STATE)
     if memory is None:
         plan = plan_privacy(
             target_epsilon=task.epsilon,
             delta=task.delta,
-            num_samples=len(indices),
+            num_samples=num_samples,
             batch_size=task.batch_size,
             epochs_per_round=task.local_epochs,
             rounds=task.rounds,
@@ -46,9 +54,7 @@ def train(msg: Message, context: Context) -> Message:
         memory = ConfigRecord({"noise-multiplier": plan.noise_multiplier, "ledger": ""})
     ledger = json.loads(str(memory["ledger"])) if memory["ledger"] else None
     config = LocalTrainConfig(
-        model=MODEL,
-        dataset=DATASET,
-        data_dir=task.data_dir,
+        task=MODEL,
         epochs=task.local_epochs,
         batch_size=task.batch_size,
         lr=task.lr,
@@ -60,7 +66,7 @@ def train(msg: Message, context: Context) -> Message:
         seed=task.seed * 1000 + server_round * 7 + index,
     )
     base = from_record(msg.content["arrays"])
-    result = train_local(base, indices, config, ledger)
+    result = train_local(base, request, config, ledger)
     memory["ledger"] = json.dumps(result.ledger)
     context.state.config_records[_STATE] = memory
     trained = {name: np.add(base[name], result.delta[name], dtype=np.float32) for name in base}

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedbus_flower.task import DATASET, MODEL, from_record, task_from, to_record
+from fedbus_flower.task import MODEL, from_record, task_from, to_record
 from workers.learning.training import evaluate, init_worker, initial_weights
 
 app = ServerApp()
@@ -70,9 +70,7 @@ def main(grid: Grid, context: Context) -> None:
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:  # fedbus does not evaluate the initial model either
             return None
-        metrics = evaluate(
-            from_record(arrays), model=MODEL, dataset=DATASET, data_dir=task.data_dir, limit=task.eval_limit
-        )
+        metrics = evaluate(from_record(arrays), task=MODEL, data_dir=task.data_dir, limit=task.eval_limit)
         ended = time.time() - clock
         rows.append(
             {

@@ -7,7 +7,7 @@
     "RunCreated", "ModelInitialized", "ClientRegistered", "ClientEvicted", "RoundStarted", "UpdateAccepted",
     "UpdateRejected", "ClientDeclined", "QuorumReached", "RoundAggregated", "RoundFailed", "RunCompleted",
   ];
-  const POLL_MS = 5000, DEBOUNCE_MS = 150;
+  const POLL_MS = 5000, DEBOUNCE_MS = 150, FOLLOW_AGAIN_MS = 30000;
 
   const params = new URLSearchParams(window.location.search);
   if (params.has("token")) {
@@ -61,7 +61,7 @@
       ["status", run.status + (run.reason ? ` (${run.reason})` : "")],
       ["rounds", `${run.rounds_completed} of ${run.rounds_planned ?? "?"}`],
       ["model", `v${run.model_version ?? "–"} ${run.model_digest ? run.model_digest.slice(0, 12) : ""}`],
-      ["dataset", `${run.config.dataset} / ${run.config.model}`],
+      ["task", run.config.task ?? run.config.model],
     ];
     for (const [name, value] of items) {
       const span = document.createElement("span");
@@ -97,6 +97,9 @@
       cell(row, fixed(r.durations.aggregation_s, 2));
       cell(row, fixed(r.metrics.accuracy, 4));
       cell(row, fixed(r.metrics.loss, 4));
+      // The round's cohort on its own test data, scoring the model the round started from.
+      const fed = r.federated_evaluation;
+      cell(row, fed ? `${fixed(fed.accuracy, 4)} (v${fed.model_version}, ${fed.samples})` : "–");
     }
     const done = rounds.filter((r) => r.status === "aggregated");
     window.FedbusCharts.lineChart($("#chart-metrics"), [
@@ -173,7 +176,12 @@
     const source = new EventSource(url);
     state.source = source;
     source.onopen = () => setStatus("live");
-    source.onerror = () => setStatus(source.readyState === EventSource.CLOSED ? "polling" : "reconnecting");
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED) { setStatus("reconnecting"); return; }
+      // Closed for good (e.g. 503: every stream slot taken): poll, and ask for a stream again later.
+      setStatus("polling");
+      setTimeout(follow, FOLLOW_AGAIN_MS);
+    };
     for (const type of EVENT_TYPES) source.addEventListener(type, soon);
   }
 

@@ -46,7 +46,9 @@ def run_config() -> RunConfig:
 
 async def started_run(log: InMemoryEventLog, clock: FakeClock) -> tuple[Coordinator, list[str]]:
     coordinator = Coordinator(log, partition_count=4, clock=clock)
-    clients = [(await coordinator.clients.register(ClientCapabilities(), f"site-{i}")).client_id for i in range(4)]
+    clients = [
+        (await coordinator.clients.register(ClientCapabilities(), f"site-{i}")).record.client_id for i in range(4)
+    ]
     await coordinator.create_run(run_config(), RUN)
     init = ModelInitialized(run_id=RUN, model_version=0, model_digest="m0", num_parameters=1)
     await log.append(run_stream(RUN), [Envelope(event=init)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
@@ -281,3 +282,110 @@ def test_a_decline_outside_the_open_round_is_refused() -> None:
     with pytest.raises(NoRoundOpen):
         decide.decline(run, "stranger", 1, "busy", POOL, now=1.0)
     assert kinds(decide.decline(run, "c0", 1, "busy", POOL, now=1.0)) == ["ClientDeclined"]
+
+
+# -- after the quorum: the aggregation deadline --------------------------------------------------------------
+def quorum(at: float, attempt: int = 1) -> tuple[Event, float]:
+    event = QuorumReached(
+        run_id=RUN, round=1, model_version=0, update_ids=tuple(f"u-{c}" for c in CLIENTS), partial=False,
+        attempt=attempt,
+    )  # fmt: skip
+    return event, at
+
+
+def test_a_quorum_nobody_aggregates_fails_the_round_at_its_deadline_and_the_retry_follows() -> None:
+    cfg = config(aggregation_timeout_s=60.0)
+    run = folded(cfg, initialized(), started(), *(accepted(c, at=1.0) for c in CLIENTS), quorum(at=2.0))
+
+    assert decide.due(run, POOL, now=61.9) == []
+    [failed] = decide.due(run, POOL, now=62.0)
+
+    assert isinstance(failed, RoundFailed) and (failed.attempt, failed.reason) == (1, decide.AGGREGATION_TIMEOUT)
+    [retry] = decide.then(run, [failed], POOL, now=62.0)[1:]
+    assert isinstance(retry, RoundStarted) and (retry.round, retry.attempt) == (1, 2)
+
+
+def test_a_restarted_coordinator_keeps_the_aggregation_deadline_of_the_recorded_quorum() -> None:
+    cfg = config(aggregation_timeout_s=60.0)
+    events = [initialized(), started(), *(accepted(c, at=1.0) for c in CLIENTS), quorum(at=2.0)]
+
+    restarted = folded(cfg, *events)  # a new process folds the same events
+
+    assert restarted.current is not None and restarted.current.closed_at == 2.0
+    assert kinds(decide.due(restarted, POOL, now=62.0)) == ["RoundFailed"]
+
+
+def test_a_late_aggregation_of_a_failed_attempt_does_not_count_for_the_retry() -> None:
+    cfg = config(aggregation_timeout_s=60.0)
+    failed = RoundFailed(run_id=RUN, round=1, attempt=1, reason=decide.AGGREGATION_TIMEOUT)
+    run = folded(cfg, initialized(), started(), *(accepted(c, at=1.0) for c in CLIENTS), quorum(at=2.0), (failed, 62.0))
+    run.apply(*started(1, 2, at=62.0))
+    stale = RoundAggregated(
+        run_id=RUN, round=1, model_version=1, model_digest="m1-stale", num_updates=4, metrics={}, duration_s=70.0,
+        attempt=1,
+    )  # fmt: skip
+
+    run.apply(stale, 70.0)
+
+    assert run.current is not None and not run.current.aggregated and 1 not in run.models
+    stale_failure = RoundFailed(run_id=RUN, round=1, attempt=1, reason="aggregation failed: late")
+    run.apply(stale_failure, 71.0)
+    assert not run.current.failed
+
+
+# -- what an update declares ---------------------------------------------------------------------------------
+def private_config(epsilon: float = 3.0) -> RunConfig:
+    return RunConfig(clients=4, rounds=3, privacy=PrivacyConfig(epsilon=epsilon), round=RoundConfig(timeout_s=100.0))
+
+
+@pytest.mark.parametrize(
+    ("declared", "reason"),
+    [(None, RejectReason.EPSILON_MISSING), (3.1, RejectReason.BUDGET_EXCEEDED), (50.0, RejectReason.BUDGET_EXCEEDED)],
+)
+def test_a_private_run_refuses_a_missing_or_overspent_epsilon(declared: float | None, reason: RejectReason) -> None:
+    run = folded(private_config(), initialized(), started())
+
+    refusal = decide.header_refusal(run, "c0", dataclasses.replace(header(), epsilon=declared))
+
+    assert refusal is not None and refusal.reason is reason
+
+
+def test_an_epsilon_within_budget_or_a_run_without_dp_is_not_refused_for_privacy() -> None:
+    private = folded(private_config(), initialized(), started())
+    public = folded(config(), initialized(), started())
+
+    assert decide.header_refusal(private, "c0", dataclasses.replace(header(), epsilon=3.0)) is None
+    assert decide.header_refusal(public, "c0", header()) is None
+
+
+def test_a_damaged_upload_is_not_the_clients_answer_but_a_bad_update_is() -> None:
+    damaged = UpdateRejected(run_id=RUN, round=1, client_id="c0", reason=RejectReason.DIGEST_MISMATCH.value)
+    bad = UpdateRejected(run_id=RUN, round=1, client_id="c1", reason=RejectReason.NOT_FINITE.value)
+
+    run = folded(config(), initialized(), started(), (damaged, 1.0), (bad, 1.0))
+
+    assert run.current is not None and run.current.responded == 1
+
+
+# -- resuming -------------------------------------------------------------------------------------------------
+def test_a_resumed_run_fails_its_open_attempt_and_starts_the_next_at_once_even_past_max_attempts() -> None:
+    run = folded(config(max_attempts=2), initialized(), started(attempt=2), accepted("c0", at=1.0))
+
+    failed, retry = decide.resume(run, POOL, now=5.0)
+
+    assert isinstance(failed, RoundFailed) and (failed.attempt, failed.reason) == (2, decide.RESUMED)
+    assert isinstance(retry, RoundStarted) and (retry.round, retry.attempt, retry.deadline) == (1, 3, 105.0)
+
+
+def test_a_resumed_run_with_a_quorum_nobody_aggregated_starts_the_round_again() -> None:
+    run = folded(config(), initialized(), started(), *(accepted(c, at=1.0) for c in CLIENTS), quorum(at=2.0))
+
+    assert kinds(decide.resume(run, POOL, now=3.0)) == ["RoundFailed", "RoundStarted"]
+
+
+def test_resuming_a_run_between_rounds_or_ended_is_what_is_due() -> None:
+    between = folded(config(), initialized(), started(), aggregated(1, 0.5))
+    ended = folded(config(), initialized(), (RunCompleted(run_id=RUN, reason="stopped", rounds=0, metrics={}), 0.0))
+
+    assert kinds(decide.resume(between, POOL, now=3.0)) == ["RoundStarted"]
+    assert decide.resume(ended, POOL, now=3.0) == []

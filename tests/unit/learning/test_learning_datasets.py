@@ -123,3 +123,141 @@ def test_tiny_cifar10_python_batches_are_loaded(monkeypatch: pytest.MonkeyPatch,
 def test_missing_cifar10_names_its_folder_layout(offline: Path, tmp_path: Path) -> None:
     with pytest.raises(DataUnavailable, match="cifar-10-batches-py"):
         load_dataset("cifar10", train=True, data_dir=tmp_path / "empty")
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """A uint8 idx file (the format of MNIST and Fashion-MNIST): magic, big-endian sizes, then the bytes."""
+    header = bytes((0, 0, 0x08, array.ndim)) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def _tiny_fashion_files(train: int = 6, test: int = 4) -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    files = {}
+    for split, n in (("train", train), ("t10k", test)):
+        files[f"{split}-images-idx3-ubyte"] = _idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        files[f"{split}-labels-idx1-ubyte"] = _idx(np.arange(n, dtype=np.uint8) % 10)
+    return files
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Debian's dataset-fashion-mnist is not installed: its folder does not exist."""
+    missing = tmp_path / "usr-share-datasets" / "fashion-mnist"
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", missing)
+    return missing
+
+
+def test_fashion_mnist_is_read_from_debians_package_without_writing(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, tmp_path: Path
+) -> None:
+    debian = datasets.DEBIAN_FASHION_MNIST_DIR
+    assert debian.is_dir(), f"{debian} is missing: apt-get install dataset-fashion-mnist"
+    monkeypatch.setenv("FEDBUS_DOWNLOAD", "0")
+    before = _snapshot(debian.parent)
+
+    train = load_dataset("fashion_mnist", train=True, data_dir=tmp_path / "empty")
+    test = load_dataset("fashion_mnist", train=False, data_dir=tmp_path / "empty")
+
+    assert train.images.shape == (60_000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10_000, 1, 28, 28) and test.labels.dtype == torch.int64
+    assert train.num_classes == test.num_classes == 10
+    assert torch.bincount(train.labels).tolist() == [6_000] * 10
+    assert (train.mean, train.std) == ((0.2860,), (0.3530,))
+    assert _snapshot(debian.parent) == before
+    assert not offline.exists()  # decompressed in memory: nothing copied into the cache either
+
+
+def test_fashion_mnist_in_torchvisions_layout_is_loaded(offline: Path, no_debian: Path, tmp_path: Path) -> None:
+    files = _tiny_fashion_files()
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, payload in files.items():
+        (raw / name).write_bytes(payload)
+
+    train = load_dataset("fashion_mnist", train=True, data_dir=tmp_path / "data")
+    test = load_dataset("fashion_mnist", train=False, data_dir=tmp_path / "data")
+
+    x, y = train.batch([0, 5])
+    assert train.images.shape == (6, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.images[:, 0].numpy().tobytes() == files["train-images-idx3-ubyte"][16:]
+    assert test.images.shape == (4, 1, 28, 28) and test.labels.tolist() == [0, 1, 2, 3]
+    assert x.shape == (2, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+@pytest.mark.parametrize("where", ["system", "data_dir"])
+def test_fashion_mnist_in_debians_gzip_layout_is_read_without_writing(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, tmp_path: Path, where: str
+) -> None:
+    # Debian's layout: <folder>/<idx file>.gz, either the system folder itself or fashion-mnist/ in a data dir.
+    files = _tiny_fashion_files()
+    data_dir = tmp_path / "data"
+    folder = tmp_path / "system" / "fashion-mnist" if where == "system" else data_dir / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for name, payload in files.items():
+        (folder / (name + ".gz")).write_bytes(gzip.compress(payload))
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", folder if where == "system" else tmp_path / "none")
+    monkeypatch.setenv("FEDBUS_DOWNLOAD", "0")
+    before = _snapshot(folder.parent)
+
+    train = load_dataset("fashion_mnist", train=True, data_dir=data_dir)
+
+    assert train.images[:, 0].numpy().tobytes() == files["train-images-idx3-ubyte"][16:]
+    assert train.labels.tolist() == [0, 1, 2, 3, 4, 5]
+    assert _snapshot(folder.parent) == before
+    assert not offline.exists()
+
+
+def test_fashion_mnist_downloader_fills_the_cache(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, no_debian: Path, tmp_path: Path
+) -> None:
+    calls = []
+
+    def fake_download(name: str, cache: Path) -> None:
+        calls.append((name, cache))
+        raw = cache / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for file, payload in _tiny_fashion_files().items():
+            (raw / file).write_bytes(payload)
+
+    monkeypatch.setattr(datasets, "download_with_torchvision", fake_download)
+
+    test = load_dataset("fashion_mnist", train=False, data_dir=tmp_path / "empty")
+
+    assert calls == [("fashion_mnist", offline)]
+    assert len(test) == 4
+
+
+def test_corrupt_fashion_mnist_files_are_not_loaded(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, tmp_path: Path
+) -> None:
+    files = _tiny_fashion_files()
+    files["train-images-idx3-ubyte"] = files["train-images-idx3-ubyte"][:-1]  # truncated
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for name, payload in files.items():
+        (folder / name).write_bytes(payload)
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", folder)
+    monkeypatch.setenv("FEDBUS_DOWNLOAD", "0")
+
+    with pytest.raises(DataUnavailable, match="fashion_mnist"):
+        load_dataset("fashion_mnist", train=True, data_dir=tmp_path / "empty")
+
+
+def test_missing_fashion_mnist_names_both_layouts_and_the_debian_package(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, no_debian: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FEDBUS_DOWNLOAD", "0")
+
+    with pytest.raises(DataUnavailable) as info:
+        load_dataset("fashion_mnist", train=True, data_dir=tmp_path / "empty")
+
+    message = str(info.value)
+    assert "'fashion_mnist'" in message and "FEDBUS_DOWNLOAD=0" in message
+    assert str(tmp_path / "empty") in message and str(offline) in message and str(no_debian) in message
+    assert "FashionMNIST/raw" in message and "fashion-mnist/" in message
+    assert "dataset-fashion-mnist" in message and "FEDBUS_DATA_DIR" in message

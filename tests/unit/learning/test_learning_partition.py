@@ -3,8 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contracts.config import check_partition
 from contracts.errors import ConfigError
-from workers.learning.partition import partition, validate_partition_scheme
+from fedbus.partition import partition
 
 LABELS = np.repeat(np.arange(10), 120)  # 1200 samples, 10 balanced classes
 
@@ -79,7 +80,7 @@ def test_too_many_shards_is_a_config_error() -> None:
 )
 def test_bad_schemes_are_config_errors_naming_the_allowed_ones(scheme: str) -> None:
     with pytest.raises(ConfigError) as info:
-        validate_partition_scheme(scheme)
+        check_partition(scheme)
 
     assert info.value.field == "partition"
     assert "iid, dirichlet:<alpha>, shards:<k>" in info.value.message
@@ -87,4 +88,4 @@ def test_bad_schemes_are_config_errors_naming_the_allowed_ones(scheme: str) -> N
 
 def test_good_schemes_validate() -> None:
     for scheme in ("iid", "dirichlet:0.1", "dirichlet:1e-2", "shards:2"):
-        validate_partition_scheme(scheme)
+        check_partition(scheme)

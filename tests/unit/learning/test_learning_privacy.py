@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
+from contracts.config import ACCOUNTANTS as CONFIG_ACCOUNTANTS
+from contracts.config import PrivacyConfig
 from contracts.errors import CodecError, ConfigError
-from workers.learning.privacy import PrivacyLedger, derive_noise_multiplier, plan_privacy
+from workers.learning.privacy import ACCOUNTANTS, PrivacyLedger, derive_noise_multiplier, plan_privacy
 
 DELTA = 1e-5
 
@@ -108,7 +110,7 @@ def test_ledger_dict_round_trip_keeps_the_history(entries: list[tuple[float, flo
     "data",
     [
         {},
-        {"accountant": "prv", "history": []},
+        {"accountant": "gdp", "history": []},
         {"accountant": "rdp", "history": [[1.0, 0.1]]},
         {"accountant": "rdp", "history": [[-1.0, 0.1, 5]]},
     ],
@@ -136,3 +138,29 @@ def test_ledger_epsilon_is_exactly_opacus_rdp_accountant(entries: list[tuple[flo
     accountant.history = [tuple(entry) for entry in ledger.history]
 
     assert ledger.epsilon(delta) == accountant.get_epsilon(delta=delta)
+
+
+def test_the_prv_accountant_calibrates_less_noise_and_its_ledger_reports_the_same_budget() -> None:
+    settings = {"target_epsilon": 3.0, "delta": 1e-5, "num_samples": 3000, "batch_size": 64, "epochs_per_round": 1}
+    rdp, prv = (plan_privacy(**settings, rounds=5, accountant=a) for a in ("rdp", "prv"))  # type: ignore[arg-type]
+    ledgers = {name: PrivacyLedger(name) for name in ("rdp", "prv")}
+    for name, plan in (("rdp", rdp), ("prv", prv)):
+        ledgers[name].record(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)
+
+    assert prv.noise_multiplier < rdp.noise_multiplier
+    for ledger in ledgers.values():
+        assert 2.9 <= ledger.epsilon(1e-5) <= 3.0 + 1e-6
+    # The same steps accounted with RDP instead cost more than the budget PRV calibrated them for.
+    as_rdp = PrivacyLedger("rdp")
+    as_rdp.record(prv.noise_multiplier, prv.sample_rate, prv.planned_steps)
+    assert as_rdp.epsilon(1e-5) > 3.0
+    again = PrivacyLedger.from_dict(ledgers["prv"].to_dict())
+    assert again.accountant == "prv" and again.epsilon(1e-5) == ledgers["prv"].epsilon(1e-5)
+
+
+def test_an_unknown_accountant_is_refused_where_it_is_named() -> None:
+    with pytest.raises(ConfigError, match="accountant"):
+        PrivacyLedger("gdp")
+    with pytest.raises(ConfigError, match=r"privacy\.accountant"):
+        PrivacyConfig(accountant="gdp")
+    assert ACCOUNTANTS == CONFIG_ACCOUNTANTS

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -15,10 +16,10 @@ from contracts.errors import CodecError
 from contracts.event_codec import encode_envelope
 from contracts.events import RoundStarted
 from contracts.tensor_codec import encode_with_manifest
+from fedbus import DataRequest, DataUnavailable, TaskError
 from workers.client.ledger_store import LedgerStore
 from workers.client.transport import Registration
 from workers.client.worker import ClientWorker
-from workers.learning.datasets import DataUnavailable
 from workers.learning.privacy import PrivacyLedger, plan_privacy
 from workers.learning.training import LocalTrainConfig, LocalTrainResult
 
@@ -31,7 +32,7 @@ class RecordingTransport:
         self.declines: list[tuple[str, int, str]] = []
         self.uploads: list[Any] = []
 
-    async def download_model(self, run_id: str, version: int, digest: str) -> bytes:
+    async def download_model(self, run_id: str, version: int, digest: str, round_: int = 0) -> bytes:
         return DATA
 
     async def upload(self, header: Any, payload: bytes) -> None:
@@ -42,24 +43,34 @@ class RecordingTransport:
 
 
 class FixedTrainer:
-    def __init__(self) -> None:
-        self.calls: list[LocalTrainConfig] = []
+    """500 training samples (the simulated half of train_limit 1000), or `failure` when preparing."""
 
-    async def train(self, base: Any, indices: Any, config: LocalTrainConfig, ledger: Any) -> LocalTrainResult:
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.calls: list[LocalTrainConfig] = []
+        self.requests: list[DataRequest] = []
+        self.failure = failure
+
+    async def prepare(self, task: str, request: DataRequest, *, private: bool) -> int:
+        self.requests.append(request)
+        if self.failure is not None:
+            raise self.failure
+        return 500
+
+    async def train(self, base: Any, request: Any, config: LocalTrainConfig, ledger: Any) -> LocalTrainResult:
         self.calls.append(config)
         spent = PrivacyLedger.from_dict(ledger) if ledger else PrivacyLedger()
         # Spend what the plan says one round costs (sample rate and steps of the client's 500 samples).
         plan = plan_privacy(
             target_epsilon=3.0,
             delta=1e-5,
-            num_samples=len(indices),
+            num_samples=500,
             batch_size=config.batch_size,
             epochs_per_round=1,
             rounds=2,
         )
         spent.record(config.noise_multiplier or 1.0, plan.sample_rate, plan.steps_per_round)
         return LocalTrainResult(
-            delta={"w": np.full((2, 2), 0.1, dtype=np.float32)}, num_samples=len(indices), steps=100,
+            delta={"w": np.full((2, 2), 0.1, dtype=np.float32)}, num_samples=500, steps=100,
             metrics={"loss": 1.0}, ledger=spent.to_dict(), epsilon=spent.epsilon(1e-5),
         )  # fmt: skip
 
@@ -71,7 +82,7 @@ class Clock:
 
 def round_started(round_: int, *, epsilon: float = 3.0, **changes: object) -> Envelope:
     train: dict[str, Any] = {
-        "model": "mnist_dp_cnn", "dataset": "mnist", "partition": "iid", "partition_count": 2, "seed": 0, "rounds": 2,
+        "task": "mnist_dp_cnn", "partition": "iid", "partition_count": 2, "seed": 0, "rounds": 2,
         "epochs": 1, "batch_size": 64, "lr": 0.1, "momentum": 0.0, "compression": "int8", "train_limit": 1000,
         "privacy": {"enabled": True, "epsilon": epsilon, "delta": 1e-5, "max_grad_norm": 1.0},
     } | changes  # fmt: skip
@@ -82,10 +93,20 @@ def round_started(round_: int, *, epsilon: float = 3.0, **changes: object) -> En
     return Envelope(event=event)
 
 
-def worker(ledgers: LedgerStore | None = None) -> tuple[ClientWorker, RecordingTransport, FixedTrainer]:
-    transport, trainer = RecordingTransport(), FixedTrainer()
+def worker(
+    ledgers: LedgerStore | None = None, *, failure: Exception | None = None, client_data: Path | None = None
+) -> tuple[ClientWorker, RecordingTransport, FixedTrainer]:
+    transport, trainer = RecordingTransport(), FixedTrainer(failure)
     registration = Registration(client_id="c-1", token="t", partition_index=0, partition_count=2)
-    client = ClientWorker(transport, trainer, registration, data_dir=None, clock=Clock(), ledgers=ledgers)  # type: ignore[arg-type]
+    client = ClientWorker(
+        transport,
+        trainer,
+        registration,
+        data_dir=None,
+        clock=Clock(),
+        ledgers=ledgers,
+        client_data=client_data,  # type: ignore[arg-type]
+    )
     return client, transport, trainer
 
 
@@ -143,17 +164,39 @@ def test_a_malformed_plan_is_refused_naming_the_field_and_dead_lettered() -> Non
     assert len(trainer.calls) == 1 and len(transport.uploads) == 1 and transport.declines == []
 
 
-def test_a_client_without_its_data_declines_instead_of_failing(monkeypatch: pytest.MonkeyPatch) -> None:
-    client, transport, trainer = worker()
-
-    def missing(*args: object, **kwargs: object) -> None:
-        raise DataUnavailable("dataset 'mnist' not found in /nowhere")
-
-    monkeypatch.setattr("workers.client.worker.partition_indices", missing)
+def test_a_client_without_its_data_declines_instead_of_failing() -> None:
+    client, transport, trainer = worker(failure=DataUnavailable("dataset 'mnist' not found in /nowhere"))
 
     asyncio.run(client.handle(round_started(1)))
 
     assert transport.declines == [("r", 1, "data_unavailable")] and trainer.calls == []
+
+
+def test_a_client_whose_task_does_not_load_declines_and_tries_again_next_round() -> None:
+    client, transport, trainer = worker(failure=TaskError("task my.tasks:t: cannot import my.tasks"))
+
+    async def rounds() -> None:
+        await client.handle(round_started(1))
+        trainer.failure = None  # the site fixed its module
+        await client.handle(round_started(2))
+
+    asyncio.run(rounds())
+
+    assert transport.declines == [("r", 1, "task_unavailable")]
+    assert len(trainer.calls) == 1 and len(transport.uploads) == 1
+
+
+def test_a_client_with_its_own_folder_asks_for_it_and_one_without_simulates_its_share(tmp_path: Path) -> None:
+    own, _, own_trainer = worker(client_data=tmp_path)
+    simulated, _, simulated_trainer = worker()
+
+    asyncio.run(own.handle(round_started(1)))
+    asyncio.run(simulated.handle(round_started(1)))
+
+    assert own_trainer.requests == [DataRequest(location=tmp_path)]
+    [request] = simulated_trainer.requests
+    assert request.location is None and request.simulation is not None
+    assert (request.simulation.index, request.simulation.clients, request.simulation.limit) == (0, 2, 1000)
 
 
 def test_a_restarted_client_keeps_counting_its_epsilon(tmp_path: Path) -> None:
@@ -174,3 +217,23 @@ def test_an_unreadable_ledger_is_an_error_not_a_fresh_budget(tmp_path: Path) -> 
 
     with pytest.raises(OSError, match="privacy ledger"):
         LedgerStore(tmp_path, "c-1").load("r")
+
+
+class ClosedRoundTransport(RecordingTransport):
+    """The coordinator says the round closed (a client catching up after a restart)."""
+
+    async def download_model(self, run_id: str, version: int, digest: str, round_: int = 0) -> bytes:
+        assert round_ == 1, "the client names the round it wants the model for"
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(), "round_closed: round 1"
+        )
+
+
+def test_a_round_that_closed_meanwhile_is_skipped_without_training_or_spending(tmp_path: Path) -> None:
+    transport, trainer, ledgers = ClosedRoundTransport(), FixedTrainer(), LedgerStore(tmp_path, "c-1")
+    registration = Registration(client_id="c-1", token="t", partition_index=0, partition_count=2)
+    client = ClientWorker(transport, trainer, registration, data_dir=None, clock=Clock(), ledgers=ledgers)  # type: ignore[arg-type]
+
+    asyncio.run(client.handle(round_started(1)))  # handled: not requeued, not dead-lettered
+
+    assert trainer.calls == [] and transport.uploads == [] and ledgers.load("r") is None

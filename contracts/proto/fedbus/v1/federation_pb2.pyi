@@ -7,36 +7,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Capabilities(_message.Message):
-    __slots__ = ("device", "cores", "memory_bytes", "hostname")
+    __slots__ = ("device", "cores", "memory_bytes", "hostname", "own_data")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CORES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OWN_DATA_FIELD_NUMBER: _ClassVar[int]
     device: str
     cores: int
     memory_bytes: int
     hostname: str
-    def __init__(self, device: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., hostname: _Optional[str] = ...) -> None: ...
+    own_data: bool
+    def __init__(self, device: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., hostname: _Optional[str] = ..., own_data: _Optional[bool] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("capabilities", "instance_name")
+    __slots__ = ("capabilities", "instance_name", "client_secret")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SECRET_FIELD_NUMBER: _ClassVar[int]
     capabilities: Capabilities
     instance_name: str
-    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., instance_name: _Optional[str] = ...) -> None: ...
+    client_secret: str
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., instance_name: _Optional[str] = ..., client_secret: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("client_id", "client_token", "partition_index", "partition_count")
+    __slots__ = ("client_id", "client_token", "partition_index", "partition_count", "client_secret")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PARTITION_INDEX_FIELD_NUMBER: _ClassVar[int]
     PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SECRET_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     client_token: str
     partition_index: int
     partition_count: int
-    def __init__(self, client_id: _Optional[str] = ..., client_token: _Optional[str] = ..., partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ...) -> None: ...
+    client_secret: str
+    def __init__(self, client_id: _Optional[str] = ..., client_token: _Optional[str] = ..., partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ..., client_secret: _Optional[str] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -59,14 +65,16 @@ class Manifest(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
-    __slots__ = ("run_id", "model_version", "offset")
+    __slots__ = ("run_id", "model_version", "offset", "round")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model_version: int
     offset: int
-    def __init__(self, run_id: _Optional[str] = ..., model_version: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    round: int
+    def __init__(self, run_id: _Optional[str] = ..., model_version: _Optional[int] = ..., offset: _Optional[int] = ..., round: _Optional[int] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("manifest", "data")

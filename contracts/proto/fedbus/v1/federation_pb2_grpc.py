@@ -60,7 +60,9 @@ class FederationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
-        """Enrol a client: returns its identity, its token and the data partition it trains on.
+        """Enrol a client: returns its identity, its token and the data partition it trains on. An instance name
+        already registered is handed back only to a caller presenting that identity's client secret
+        (ALREADY_EXISTS otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

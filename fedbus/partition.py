@@ -9,36 +9,18 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from contracts.config import check_partition
 from contracts.errors import ConfigError
 
 IndexArray = npt.NDArray[np.int64]
-_ALLOWED = "allowed: iid, dirichlet:<alpha>, shards:<k>"
 # Dirichlet draws can leave a client empty when alpha is small; redraw a bounded number of times.
 _DIRICHLET_ATTEMPTS = 100
 
 
 def _parse(scheme: str) -> tuple[str, float]:
-    kind, _, arg = scheme.strip().partition(":")
-    if kind == "iid" and not arg:
-        return kind, 0.0
-    if kind == "dirichlet":
-        try:
-            alpha = float(arg)
-        except ValueError:
-            alpha = float("nan")
-        if alpha > 0 and np.isfinite(alpha):
-            return kind, alpha
-        raise ConfigError("partition", f"{scheme!r}: alpha must be a positive number; {_ALLOWED}")
-    if kind == "shards":
-        if arg.isdigit() and int(arg) > 0:
-            return kind, float(int(arg))
-        raise ConfigError("partition", f"{scheme!r}: k must be a positive integer; {_ALLOWED}")
-    raise ConfigError("partition", f"unknown scheme {scheme!r}; {_ALLOWED}")
-
-
-def validate_partition_scheme(scheme: str) -> None:
-    """Raise ConfigError("partition", ...) unless `scheme` parses."""
-    _parse(scheme)
+    check_partition(scheme)  # the one parser of the spelling and the ranges: ConfigError("partition")
+    kind, _, arg = scheme.partition(":")
+    return kind, float(arg) if arg else 0.0
 
 
 def partition(labels: npt.ArrayLike, num_clients: int, scheme: str, *, seed: int) -> list[IndexArray]:
