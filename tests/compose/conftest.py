@@ -96,6 +96,7 @@ class Stack:
     run_id: str
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=lambda: TIMINGS)
+    failure: str | None = None  # why the run did not complete, once a test found out (the next fails at once)
 
     def compose(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`docker-compose -p <project> ARGS` in the repository root."""
@@ -108,6 +109,25 @@ class Stack:
         """Rows of `query` run by psql inside the postgres container, one string per row."""
         result = self.compose("exec", "-T", "postgres", "psql", "-U", "fedbus", "-d", "fedbus", "-tAc", query)
         return [line for line in result.stdout.splitlines() if line.strip()]
+
+    def restarts(self) -> dict[str, int]:
+        """How often each container of the project was restarted by its restart policy (crash loops)."""
+        ids = self.compose("ps", "-q", check=False).stdout.split()
+        if not ids:
+            return {}
+        result = subprocess.run(
+            ["podman", "inspect", "--format", "{{.Name}} {{.RestartCount}}", *ids],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        counts = {}
+        for line in result.stdout.splitlines():
+            name, _, count = line.rpartition(" ")
+            if name and count.isdigit():
+                counts[name] = int(count)
+        return counts
 
     def logs(self, tail: int = 40) -> str:
         result = self.compose("logs", "--no-color", f"--tail={tail}", check=False)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(3600)]
 
 RUN_DEADLINE_S = 900.0
+CRASH_LOOP_RESTARTS = 3
 ROUND_EVENTS = (
     ("round.started", "RoundStarted"),
     ("round.quorum_reached", "QuorumReached"),
@@ -28,7 +29,13 @@ ADMIN = ("admin", "fedbus-admin-dev")  # compose.yaml's development default
 
 
 def _completed_run(stack: Stack) -> dict[str, Any]:
-    """Poll the event log until the run completed; fail with the services' logs at the deadline."""
+    """Poll the event log until the run completed.
+
+    Fails with the services' logs at the deadline, or as soon as a container is in a crash loop (a role
+    that cannot start would otherwise be restarted until the deadline); a later test fails at once.
+    """
+    if stack.failure is not None:
+        pytest.fail(stack.failure)
     started = time.monotonic()
     query = f"SELECT payload FROM events WHERE type = 'RunCompleted' AND run_id = '{stack.run_id}'"
     while time.monotonic() - started < RUN_DEADLINE_S:
@@ -37,8 +44,13 @@ def _completed_run(stack: Stack) -> dict[str, Any]:
             stack.timings.setdefault("run", time.monotonic() - started)
             payload: dict[str, Any] = json.loads(rows[0])
             return payload
+        looping = {name: count for name, count in stack.restarts().items() if count >= CRASH_LOOP_RESTARTS}
+        if looping:
+            stack.failure = f"containers in a crash loop (restarts: {looping}):\n{stack.logs()}"
+            pytest.fail(stack.failure)
         time.sleep(5)
-    pytest.fail(f"run {stack.run_id} did not complete within {RUN_DEADLINE_S:.0f}s:\n{stack.logs()}")
+    stack.failure = f"run {stack.run_id} did not complete within {RUN_DEADLINE_S:.0f}s:\n{stack.logs()}"
+    pytest.fail(stack.failure)
 
 
 def _inspect_messages(stack: Stack) -> list[dict[str, Any]]:
