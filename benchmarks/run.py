@@ -150,8 +150,9 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
         updates=c.p.updates, params=c.p.params, repeats=c.p.repeats), False),
     "compression": ("Compression", lambda c: compression.run(
         data_dir=c.data_dir, model="mnist_dp_cnn", repeats=c.p.repeats), False),
-    "training": ("Framework overhead of local DP training", lambda c: training.run(
-        data_dir=c.data_dir, samples=c.p.samples, batch=64, repeats=min(3, c.p.repeats), device=c.device), False),
+    "training": ("Local DP training: framework overhead, CPU and GPU", lambda c: training.run(
+        data_dir=c.data_dir, samples=c.p.samples, batches=(64, 256), repeats=min(3, c.p.repeats),
+        devices=training.devices_here()), False),
     "load": ("Load: concurrent uploads to one coordinator", lambda c: load.run(
         clients=c.p.clients, max_uploads=64), False),
     "privacy": ("Privacy-utility trade-off", _privacy, True),
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "# fedbus benchmarks",
         "",
         f"Command: `{command}` (profile `{args.profile}`)  ",
-        f"Machine: {machine()}; training on `{context.device}`",
+        f"Machine: {machine()}; the federated sections train on `{context.device}`",
         "",
         "Timings are wall-clock on a shared machine; each table was measured side by side in one run.",
         "",

@@ -58,25 +58,65 @@ def fedbus_local(data_dir: str | None, samples: int, batch: int, device: str) ->
     return result.num_samples / result.metrics["train_seconds"] if result.metrics["train_seconds"] else 0.0
 
 
-def run(*, data_dir: str | None, samples: int, batch: int, repeats: int, device: str = "cpu") -> list[str]:
+def devices_here() -> tuple[str, ...]:
+    """The CPU, and the first GPU where torch sees one: the devices the table compares side by side."""
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+def _spread(values: list[float]) -> str:
+    values = sorted(values)
+    return f"{values[0]:,.0f} / {values[len(values) // 2]:,.0f} / {values[-1]:,.0f}"
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def run(
+    *,
+    data_dir: str | None,
+    samples: int,
+    batches: tuple[int, ...],
+    repeats: int,
+    devices: tuple[str, ...] = ("cpu",),
+    gpu_samples_factor: int = 4,
+) -> list[str]:
+    """fedbus's `train_local` against a bare Opacus loop for each device and expected batch size.
+
+    A GPU trains on `gpu_samples_factor` times the samples, so that a run is long enough to time.
+    """
     torch.set_num_threads(1)
-    fedbus_local(data_dir, min(samples, 256), batch, device)  # warm-up: first-call costs of torch and Opacus
-    bare_opacus(data_dir, min(samples, 256), batch, device)
-    ours, bare = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine load
-        ours.append(fedbus_local(data_dir, samples, batch, device))
-        bare.append(bare_opacus(data_dir, samples, batch, device))
-    ours.sort()
-    bare.sort()
-    med = len(ours) // 2
-    return [
-        f"`mnist_dp_cnn`, {samples:,} samples, expected batch {batch}, Poisson sampling, one torch thread, "
-        f"device `{device}`.",
+    rows, speed = [], {}
+    for device in devices:
+        count = samples * (gpu_samples_factor if device != "cpu" else 1)
+        for batch in batches:
+            fedbus_local(data_dir, min(count, 4 * batch), batch, device)  # warm-up: first-call costs, CUDA context
+            bare_opacus(data_dir, min(count, 4 * batch), batch, device)
+            ours, bare = [], []
+            for _ in range(repeats):  # interleaved, so both see the same machine load
+                ours.append(fedbus_local(data_dir, count, batch, device))
+                bare.append(bare_opacus(data_dir, count, batch, device))
+            speed[device, batch] = _median(ours)
+            rows.append(
+                f"| `{device}` | {batch} | {count:,} | {_spread(ours)} | {_spread(bare)} "
+                f"| {_median(ours) / _median(bare):.2f}x |"
+            )
+    lines = [
+        "`mnist_dp_cnn`, DP-SGD with Poisson sampling, one torch thread; "
+        f"{repeats} runs of each loop, interleaved. Devices: {', '.join(f'`{d}`' for d in devices)}.",
         "",
-        "| loop | samples/s min / median / max |",
-        "|---|---|",
-        f"| fedbus `train_local` (DP-SGD) | {ours[0]:,.0f} / {ours[med]:,.0f} / {ours[-1]:,.0f} |",
-        f"| bare Opacus loop | {bare[0]:,.0f} / {bare[med]:,.0f} / {bare[-1]:,.0f} |",
+        "| device | expected batch | samples | fedbus `train_local` samples/s min / median / max "
+        "| bare Opacus loop samples/s | fedbus / bare (median) |",
+        "|---|---|---|---|---|---|",
+        *rows,
         "",
-        f"fedbus's local training runs at **{ours[med] / bare[med]:.2f}x** the bare Opacus loop's speed (median).",
     ]
+    gpus = [d for d in devices if d != "cpu"]
+    if gpus:
+        ratios = ", ".join(f"{speed[gpus[0], b] / speed['cpu', b]:.1f}x at batch {b}" for b in batches)
+        lines.append(f"fedbus on `{gpus[0]}` trains {ratios} as fast as on one CPU thread (medians).")
+    else:
+        lines.append(
+            "No GPU on this machine: [benchmarks_cuda.md](benchmarks_cuda.md) has this table from one with a GPU."
+        )
+    return lines
