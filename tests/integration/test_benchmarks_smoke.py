@@ -17,7 +17,7 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     sections = (
         "## Aggregation throughput",
         "## Compression",
-        "## Framework overhead of local DP training",
+        "## Local DP training: framework overhead, CPU and GPU",
         "## Load",
         "## Privacy-utility trade-off",
         "## Federated vs centralized DP training",
@@ -28,7 +28,7 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     )
     for section in sections:
         assert section in text
-    assert "Machine: " in text and "| int8 |" in text
+    assert "Machine: " in text and "| int8 |" in text and "| `cpu` | 64 | 300 |" in text
     assert "| IID | no DP |" in text and "| centralized |" in text and "| topk:0.01+int8 |" in text
     assert "| 10 | synchronous |" in text and "| 10 | fedbus |" in text
     assert "| fedbus | embedded, fp32 | 1 |" in text and "| fedbus | embedded, int8 | 1 |" in text
