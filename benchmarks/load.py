@@ -27,7 +27,7 @@ from workers.client.transport import FederationClient
 
 async def _scenario(clients: int, max_uploads: int, folder: Path) -> tuple[list[float], float, float]:
     log = await SqlEventLog.connect(f"sqlite+aiosqlite:///{folder / 'load.db'}")
-    coordinator = Coordinator(log, partition_count=clients)
+    coordinator = Coordinator(log)
     tokens = TokenAuthority.generate()
     server, port = await start_grpc_server(
         coordinator, tokens, "127.0.0.1:0", uploads=UploadLimits(max_concurrent=max_uploads)

@@ -134,7 +134,6 @@ def _measure(
             "FEDBUS_GRPC_ADDRESS": f"127.0.0.1:{port}",
             "FEDBUS_ENROLLMENT_TOKEN": secrets.token_urlsafe(24),
             "FEDBUS_TOKEN_SECRET": secrets.token_urlsafe(32),
-            "FEDBUS_PARTITIONS": str(clients),
             "FEDBUS_RUN_CONFIG": str(run_file),
             "FEDBUS_RUN_ID": run_id,
             "FEDBUS_WORKERS": "1",

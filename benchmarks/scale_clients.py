@@ -100,6 +100,7 @@ async def _serve(settings: Settings, count: int, timings_file: Path, stop: async
                 registration,
                 data_dir=settings.data_dir,
                 clock=SystemClock(),
+                share=(i, count),
             )
             queue = await broker.ensure_client_queue(registration.client_id)
             consumers.append(await broker.consume(queue, _handler(worker, trainer), prefetch=1))

@@ -13,6 +13,11 @@ from contracts.envelope import Envelope
 from contracts.errors import CodecError, UnknownEventType
 from contracts.events import EVENT_TYPES, Event, type_name_of
 
+# Fields an event type had once and no longer has: read from an older log, they are dropped.
+RETIRED_FIELDS: dict[str, frozenset[str]] = {
+    "ClientRegistered": frozenset({"partition_index"}),  # the coordinator handed out simulated shares
+}
+
 
 def event_to_dict(event: Event) -> dict[str, Any]:
     return {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
@@ -37,7 +42,7 @@ def event_from_dict(type_name: str, payload: dict[str, Any]) -> Event:
                 raise CodecError(f"{type_name}.{f.name}: missing")
             continue
         kwargs[f.name] = _check(type_name, f.name, hints[f.name], payload[f.name])
-    unknown = set(payload) - {f.name for f in dataclasses.fields(cls)}
+    unknown = set(payload) - {f.name for f in dataclasses.fields(cls)} - RETIRED_FIELDS.get(type_name, frozenset())
     if unknown:
         raise CodecError(f"{type_name}: unexpected fields {sorted(unknown)}")
     return cls(**kwargs)

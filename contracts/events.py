@@ -30,7 +30,6 @@ class ModelInitialized:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientRegistered:
     client_id: str
-    partition_index: int
     capabilities: JsonDict = field(default_factory=dict)
     secret_sha256: str = ""  # of the client secret that reclaims this identity ("" before it existed)
 

@@ -14,13 +14,12 @@ from contracts.config import PrivacyConfig, RoundConfig, RunConfig, upcast_task
 from contracts.errors import CodecError, ConfigError
 from contracts.strategy import FEDPROX, StrategyConfig
 
-__all__ = ["BUDGET_TOLERANCE", "MAX_PARTITIONS", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy"]
+__all__ = ["BUDGET_TOLERANCE", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy"]
 
-MAX_PARTITIONS = 100_000  # as many as a run may have clients
 BUDGET_TOLERANCE = 1e-6  # relative: what an accountant's rounding may add to a budget exactly spent
 _PLAN_KEYS = frozenset(
     {
-        *("task", "partition", "partition_count", "seed", "rounds"),
+        *("task", "partition", "seed", "rounds"),
         *("epochs", "batch_size", "lr", "momentum", "compression", "train_limit", "privacy", "proximal_mu"),
     }
 )
@@ -57,8 +56,9 @@ class TrainPlan:
     """What a client does with a round: which task, how to train locally, how to send it back."""
 
     task: str
+    # How a simulated client (one given a share, `--share I/N`, rather than data of its own) splits the global
+    # data set: every such client computes the same split. Which share a client holds is its own setting.
     partition: str
-    partition_count: int
     seed: int
     rounds: int  # the run's planned rounds: the noise multiplier is calibrated over them
     epochs: int
@@ -76,7 +76,6 @@ class TrainPlan:
         return {
             "task": self.task,
             "partition": self.partition,
-            "partition_count": self.partition_count,
             "seed": self.seed,
             "rounds": self.rounds,
             "epochs": self.epochs,
@@ -105,6 +104,7 @@ class TrainPlan:
             raise CodecError(f"train: must be a map, got {data!r:.100}")
         try:
             data = {"proximal_mu": 0.0, **upcast_task(dict(data))}
+            data.pop("partition_count", None)  # written while the coordinator handed out shares
         except ConfigError as exc:
             raise CodecError(f"train.{exc.field}: {exc.message}") from exc
         train = _keys("train", data, _PLAN_KEYS)
@@ -116,7 +116,6 @@ class TrainPlan:
         plan = cls(
             task=_text("task", train["task"]),
             partition=_text("partition", train["partition"]),
-            partition_count=_integer("partition_count", train["partition_count"]),
             seed=_integer("seed", train["seed"]),
             rounds=_integer("rounds", train["rounds"]),
             epochs=_integer("epochs", train["epochs"]),
@@ -141,14 +140,12 @@ class TrainPlan:
         return plan
 
 
-def plan_for(config: RunConfig, *, partition_count: int) -> TrainPlan:
-    """The plan every selected client of a round of ``config`` receives, the data cut into ``partition_count``."""
-    _check_partition_count(partition_count)
+def plan_for(config: RunConfig) -> TrainPlan:
+    """The plan every selected client of a round of ``config`` receives."""
     rules = config.round
     return TrainPlan(
         task=config.task,
         partition=config.partition,
-        partition_count=partition_count,
         seed=config.seed,
         rounds=config.rounds,
         epochs=rules.local_epochs,
@@ -174,14 +171,8 @@ def plan_privacy(config: RunConfig) -> PlanPrivacy:
     )
 
 
-def _check_partition_count(count: int) -> None:
-    if not 1 <= count <= MAX_PARTITIONS:
-        raise ConfigError("partition_count", f"must be in [1, {MAX_PARTITIONS}], got {count!r}")
-
-
 def _check_ranges(plan: TrainPlan) -> None:
     """ConfigError unless some valid RunConfig has this plan (any client count: train_limit >= 1 here)."""
-    _check_partition_count(plan.partition_count)
     privacy = plan.privacy
     RunConfig(
         task=plan.task,

@@ -24,7 +24,6 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "GRPC_BIND": ("0.0.0.0:50051", "address the coordinator's gRPC server binds"),
     "ENROLLMENT_TOKEN": ("", "shared token clients present to register (or FEDBUS_ENROLLMENT_TOKEN_FILE)"),
     "TOKEN_SECRET": ("", "coordinator's secret that signs client tokens (or FEDBUS_TOKEN_SECRET_FILE)"),
-    "PARTITIONS": ("10", "coordinator: simulated shares handed out to clients without CLIENT_DATA"),
     "INSTANCE_NAME": ("", "client: a stable name to get the same identity back after a restart"),
     "DATA_DIR": (
         "",
@@ -32,8 +31,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
     "CLIENT_DATA": (
         "",
-        "client: its own data folder (train.npz or train/<class>/...; unset: simulate a partition)",
+        "client: its own data folder (train.npz or train/<class>/...; unset: a simulated SHARE)",
     ),
+    "SHARE": (
+        "",
+        "client without CLIENT_DATA: its simulated share of the global data set, I/N (0 <= I < N), or any/N"
+        " to claim a free one in SHARE_CLAIMS",
+    ),
+    "SHARE_CLAIMS": ("", "client: a folder its replicas share, where any/N claims a share (held while it runs)"),
     "TASK_PATH": ("", "folders tasks given as package.module:attribute are imported from (os.pathsep-separated)"),
     "WORKERS": ("1", "training/evaluation processes in this process"),
     "DEVICE": ("cpu", "client/aggregator: where those processes train and evaluate: cpu, cuda or cuda:N"),
@@ -54,6 +59,31 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 SECRETS = ("ENROLLMENT_TOKEN", "TOKEN_SECRET")
 TASK_PATH_ENV = f"{PREFIX}TASK_PATH"
+MAX_SHARES = 100_000  # as many as a run may have clients
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A simulated client's share of the global data set: part `index` of `count` (None: claim a free one)."""
+
+    index: int | None
+    count: int
+
+    @classmethod
+    def parse(cls, text: str, name: str = "share") -> Share:
+        """``I/N`` or ``any/N``; ConfigError naming `name` otherwise."""
+        head, sep, tail = text.strip().partition("/")
+        if not (sep and tail.isascii() and tail.isdigit() and (head == "any" or (head.isascii() and head.isdigit()))):
+            raise ConfigError(name, f"{text!r:.60} is not I/N or any/N (for example 3/10)")
+        count, index = int(tail), None if head == "any" else int(head)
+        if not 1 <= count <= MAX_SHARES:
+            raise ConfigError(name, f"N must be in [1, {MAX_SHARES}], got {count}")
+        if index is not None and index >= count:
+            raise ConfigError(name, f"I must be below N, got {index}/{count}")
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{'any' if self.index is None else self.index}/{self.count}"
 
 
 def add_task_path(folder: str | Path) -> None:
@@ -104,10 +134,11 @@ class Settings:
     grpc_bind: str
     enrollment_token: str = field(repr=False)
     token_secret: str = field(repr=False)
-    partitions: int
     instance_name: str
     data_dir: str | None
     client_data: Path | None
+    share: Share | None
+    share_claims: Path | None
     workers: int
     device: str
     run_config: Path | None
@@ -132,10 +163,11 @@ class Settings:
             grpc_bind=_value(env, "GRPC_BIND"),
             enrollment_token=_value(env, "ENROLLMENT_TOKEN"),
             token_secret=_value(env, "TOKEN_SECRET"),
-            partitions=_int(env, "PARTITIONS", 1),
             instance_name=_value(env, "INSTANCE_NAME") or f"{socket.gethostname()}-{os.getpid()}",
             data_dir=_value(env, "DATA_DIR") or None,
             client_data=Path(_value(env, "CLIENT_DATA")).expanduser() if _value(env, "CLIENT_DATA") else None,
+            share=Share.parse(_value(env, "SHARE"), f"{PREFIX}SHARE") if _value(env, "SHARE") else None,
+            share_claims=Path(_value(env, "SHARE_CLAIMS")).expanduser() if _value(env, "SHARE_CLAIMS") else None,
             workers=_int(env, "WORKERS", 1),
             device=_value(env, "DEVICE"),
             run_config=Path(run_config) if run_config else None,

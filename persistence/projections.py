@@ -68,7 +68,6 @@ async def _model_initialized(conn: AsyncConnection, e: ModelInitialized, at: flo
 async def _client_registered(conn: AsyncConnection, e: ClientRegistered, at: float) -> None:
     values: dict[str, Any] = {
         "client_id": e.client_id,
-        "partition_index": e.partition_index,
         "capabilities": e.capabilities,
         "registered_at": at,
         "last_seen": at,
@@ -77,7 +76,7 @@ async def _client_registered(conn: AsyncConnection, e: ClientRegistered, at: flo
         "evicted": False,
         "evicted_reason": None,
     }
-    changed = ["partition_index", "capabilities", "last_seen"]
+    changed = ["capabilities", "last_seen"]
     await conn.execute(upsert(_dialect(conn), clients, values, ["client_id"], changed))
 
 

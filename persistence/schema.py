@@ -128,7 +128,6 @@ clients = Table(
     "clients",
     metadata,
     Column("client_id", Id, primary_key=True),
-    Column("partition_index", Integer, nullable=False),
     Column("capabilities", Json, nullable=False),
     Column("registered_at", Double, nullable=False),
     Column("last_seen", Double, nullable=False),

@@ -23,7 +23,7 @@ from contracts.streams import run_stream
 from contracts.tensor_codec import encode_with_manifest
 from contracts.tensors import TensorMapping
 from ops.clock import SystemClock
-from ops.settings import Settings
+from ops.settings import Settings, Share
 from ops.telemetry import flush_telemetry
 from persistence.event_log_url import open_event_log
 from services.coordinator.coordinator import Coordinator
@@ -114,7 +114,7 @@ async def federate(
 ) -> EmbeddedResult:
     """One federated training on a given pool (shared by back-to-back runs, e.g. the benchmarks).
 
-    Client i trains on `client_data[i]` when given, else on its simulated partition of the task's data set.
+    Client i trains on `client_data[i]` when given, else on its simulated share i/clients of the task's data set.
     With `init_weights` the run starts from them (its RunConfig's init_model) instead of the seeded model.
     The clients keep their identities and privacy ledgers in `out/state`; `resume` names a run of the log in
     `out` to take up where it stopped instead (`config` is then the run's own, from its RunCreated), each
@@ -136,7 +136,7 @@ async def federate(
     try:
         if resume is not None:
             config = await _resumable(log, resume)
-        settings = dataclasses.replace(embedded_settings(config, data_dir, tokens), state_dir=state_dir)
+        settings = dataclasses.replace(embedded_settings(data_dir, tokens), state_dir=state_dir)
         coordinator = await coordinator_root.build(settings, log=log, broker=broker, clock=clock, tokens=tokens)
         apps.append(coordinator)
         await coordinator.start()
@@ -151,6 +151,7 @@ async def federate(
                     grpc_address=address,
                     instance_name=f"embedded-{index}",
                     client_data=client_data[index] if client_data else None,
+                    share=None if client_data else Share(index, config.clients),
                 ),
                 executor=executor,
                 broker=broker,
@@ -207,11 +208,10 @@ async def _resumable(log: EventLog, run_id: str) -> RunConfig:
     return state.config
 
 
-def embedded_settings(config: RunConfig, data_dir: str | None, tokens: TokenAuthority) -> Settings:
-    """The deployed roles' settings for one machine: gRPC on a free loopback port, one partition per client."""
+def embedded_settings(data_dir: str | None, tokens: TokenAuthority) -> Settings:
+    """The deployed roles' settings for one machine: gRPC on a free loopback port."""
     env = {
         "FEDBUS_GRPC_BIND": "127.0.0.1:0",
-        "FEDBUS_PARTITIONS": str(config.clients),
         "FEDBUS_ENROLLMENT_TOKEN": tokens.enrollment_token,
         "FEDBUS_DATA_DIR": data_dir or "",
     }

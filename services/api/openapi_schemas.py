@@ -124,7 +124,6 @@ SCHEMAS: Final[Json] = {
     "Client": obj(
         {
             "client_id": {"type": "string"},
-            "partition_index": nullable("integer"),  # null: a site with data of its own
             "capabilities": {"type": "object"},
             "registered_at": TIME,
             "last_seen": TIME,

@@ -132,7 +132,6 @@ def client_view(row: Record) -> Json:
     return finite_doc(
         {
             "client_id": row["client_id"],
-            "partition_index": row["partition_index"] if row["partition_index"] >= 0 else None,  # own data
             "capabilities": row["capabilities"],
             "registered_at": row["registered_at"],
             "last_seen": row["last_seen"],

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable
 
 from ops.lifecycle import run_until_signalled
-from ops.settings import Settings
+from ops.settings import Settings, Share
 from services.cli.options import config_from
 
 
@@ -38,7 +38,11 @@ def client(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if args.data is not None:
-        settings = dataclasses.replace(settings, client_data=args.data.expanduser())
+        settings = dataclasses.replace(settings, client_data=args.data.expanduser(), share=None)
+    if args.share is not None:
+        settings = dataclasses.replace(settings, share=Share.parse(args.share, "--share"), client_data=None)
+    if args.share_claims is not None:
+        settings = dataclasses.replace(settings, share_claims=args.share_claims.expanduser())
     run_until_signalled(lambda stop: serve(settings, stop))
     return 0
 

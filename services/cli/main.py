@@ -92,7 +92,20 @@ def _add_deployed(commands: argparse._SubParsersAction[_Parser]) -> None:
     client = commands.add_parser(
         "client", help="train on this machine's data when selected", epilog=epilog, formatter_class=fmt
     )
-    client.add_argument("--data", type=Path, help="this client's data folder (default $FEDBUS_CLIENT_DATA)")
+    source = client.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, help="this client's data folder (default $FEDBUS_CLIENT_DATA)")
+    source.add_argument(
+        "--share",
+        metavar="I/N",
+        help="simulate: train on share I of N of the task's global data set, or any/N to claim a free one in "
+        "--share-claims (default $FEDBUS_SHARE)",
+    )
+    client.add_argument(
+        "--share-claims",
+        type=Path,
+        metavar="DIR",
+        help="folder the replicas claim any/N shares in ($FEDBUS_SHARE_CLAIMS)",
+    )
     up = commands.add_parser(
         "up",
         help="launch a local deployment as OS processes against RabbitMQ and PostgreSQL",

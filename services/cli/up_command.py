@@ -67,7 +67,6 @@ async def _deploy(
         "FEDBUS_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "FEDBUS_ENROLLMENT_TOKEN": settings.enrollment_token or secrets.token_urlsafe(24),
         "FEDBUS_TOKEN_SECRET": settings.token_secret or secrets.token_urlsafe(32),
-        "FEDBUS_PARTITIONS": str(config.clients),
         "FEDBUS_RUN_CONFIG": str(run_file),
         "FEDBUS_RUN_ID": run_id,
         "FEDBUS_WORKERS": "1",
@@ -84,9 +83,13 @@ async def _deploy(
             await fleet.start(f"aggregator-{i}", _role("aggregator"), env)
         folders = client_folders(args.client_data, config.clients)
         for i in range(config.clients):
+            # Each client is told what it trains on: its folder, or share i of the simulation's global data set.
             client_env = {**env, "FEDBUS_INSTANCE_NAME": f"up-{run_id}-client-{i}"}
+            client_env.pop("FEDBUS_CLIENT_DATA" if folders is None else "FEDBUS_SHARE", None)
             if folders is not None:
                 client_env["FEDBUS_CLIENT_DATA"] = str(folders[i].resolve())
+            else:
+                client_env["FEDBUS_SHARE"] = f"{i}/{config.clients}"
             await fleet.start(f"client-{i}", _role("client"), client_env)
         return run_id, await _follow(event_log, run_id, fleet, ProgressPrinter(console))
     finally:

@@ -28,12 +28,10 @@ log = logging.getLogger(__name__)
 
 
 class Coordinator:
-    def __init__(
-        self, log_: EventLog, *, partition_count: int, clock: Clock | None = None, metrics: FedbusMetrics | None = None
-    ) -> None:
+    def __init__(self, log_: EventLog, *, clock: Clock | None = None, metrics: FedbusMetrics | None = None) -> None:
         self._log = log_
         self.metrics = metrics or FedbusMetrics()
-        self.clients = ClientRegistry(log_, partition_count=partition_count)
+        self.clients = ClientRegistry(log_)
         self.runs = RunLedger(log_, clock or SystemClock(), self.metrics)
         self.models = ModelServer(log_, self.runs, self.metrics)
         self.uploads = UploadAdmission(self.runs, self.models, self.clients, log_)

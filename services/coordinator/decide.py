@@ -35,7 +35,6 @@ class ClientPool:
     """The clients a decision may select from: registered and not evicted."""
 
     active: frozenset[str]
-    partition_count: int
 
 
 def due(run: RunState, pool: ClientPool, now: float) -> list[Event]:
@@ -215,7 +214,7 @@ def _start_round(run: RunState, pool: ClientPool, now: float, round_: int, attem
     selected = select_clients(
         eligible, config.round.clients_per_round, seed=config.seed, round_=round_, attempt=attempt
     )
-    plan = plan_for(config, partition_count=pool.partition_count)
+    plan = plan_for(config)
     return [
         RoundStarted(
             run_id=run.run_id,

@@ -86,8 +86,6 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.RegisterReply(
             client_id=record.client_id,
             client_token=self._tokens.issue(record.client_id, now=self._clock.now()),
-            partition_index=record.partition_index,
-            partition_count=self._coordinator.clients.partition_count,
             client_secret=enrolment.secret,
         )
 

@@ -33,7 +33,6 @@ class IdentityClaimed(FedbusError):
 @dataclass(slots=True)
 class ClientRecord:
     client_id: str
-    partition_index: int
     instance_name: str
     secret_sha256: str = ""
     evicted: bool = False
@@ -52,24 +51,23 @@ def secret_digest(secret: str) -> str:
 
 
 class ClientRegistry:
-    def __init__(self, log: EventStore, *, partition_count: int) -> None:
+    def __init__(self, log: EventStore) -> None:
         self._log = log
         self._lock = asyncio.Lock()
         self._clients: dict[str, ClientRecord] = {}
-        self.partition_count = partition_count
 
     def apply(self, event: Event) -> None:
         """Fold a registration or an eviction found in the log."""
         if isinstance(event, ClientRegistered):
             name = str(event.capabilities.get("instance_name", ""))
-            record = ClientRecord(event.client_id, event.partition_index, name, event.secret_sha256)
+            record = ClientRecord(event.client_id, name, event.secret_sha256)
             self._clients[event.client_id] = record
         elif isinstance(event, ClientEvicted) and event.client_id in self._clients:
             self._clients[event.client_id].evicted = True
 
     def pool(self) -> ClientPool:
         active = frozenset(c.client_id for c in self._clients.values() if not c.evicted)
-        return ClientPool(active=active, partition_count=self.partition_count)
+        return ClientPool(active=active)
 
     def active_count(self) -> int:
         return sum(1 for c in self._clients.values() if not c.evicted)
@@ -109,13 +107,8 @@ class ClientRegistry:
             "instance_name": instance_name,
             "own_data": capabilities.own_data,
         }
-        # Only a simulated client gets a share of the simulation's global data set: a site with data of its
-        # own is no partition (-1), and the coordinator knows nothing of what it holds.
-        simulated = sum(1 for c in self._clients.values() if c.partition_index >= 0)
-        index = -1 if capabilities.own_data else simulated % self.partition_count
-        event = ClientRegistered(
-            client_id=client_id, partition_index=index, capabilities=caps, secret_sha256=secret_digest(secret)
-        )
+        # What the client trains on is its own setting: the coordinator records only whether it said so.
+        event = ClientRegistered(client_id=client_id, capabilities=caps, secret_sha256=secret_digest(secret))
         envelope = Envelope(event=event, traceparent=current_traceparent())  # joins the Register call's trace
         await self._log.append(client_stream(client_id), [envelope], expected_version=0)
         self.apply(event)

@@ -12,12 +12,14 @@ import os
 import socket
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
 from broker.broker_url import Broker, open_broker
 from broker.connection import while_reconnecting
 from broker.topology import queue_key
+from contracts.errors import ConfigError
 from contracts.ports import Clock, Consumption
 from contracts.uploads import ClientCapabilities
 from ops.clock import SystemClock
@@ -27,6 +29,7 @@ from services.roots.observability import observe
 from services.roots.pool import process_pool, warm_up
 from workers.client.identity_store import IdentityStore
 from workers.client.ledger_store import LedgerStore
+from workers.client.share_claim import ShareClaim, claim_share
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient, RegistrationFailed
 from workers.client.worker import ClientWorker
@@ -42,6 +45,7 @@ class ClientApp:
     broker: Broker
     owns_broker: bool
     secret: str = field(default="", repr=False)  # the identity's client secret: its queue's name derives from it
+    claim: ShareClaim | None = None  # the share an `any/N` client holds while it runs
     _consumer: Consumption | None = None
 
     @property
@@ -63,6 +67,37 @@ class ClientApp:
         if self.owns_broker:
             await self.broker.close()
         await self.transport.close()
+        if self.claim is not None:
+            self.claim.release()
+
+
+def check_data_source(settings: Settings) -> None:
+    """ConfigError unless the client has data of its own or a simulated share (checked at start). Data of its
+    own wins: a site sets FEDBUS_CLIENT_DATA in an environment (compose's) that gives every replica a share."""
+    if settings.client_data is not None:
+        return
+    if settings.share is None:
+        raise ConfigError(
+            "FEDBUS_CLIENT_DATA",
+            "must be set (the client's data folder), or FEDBUS_SHARE to simulate a share I/N of a global data set",
+        )
+    if settings.share.index is None and settings.share_claims is None:
+        raise ConfigError(
+            "FEDBUS_SHARE_CLAIMS", f"must be set for FEDBUS_SHARE={settings.share}: the folder replicas claim in"
+        )
+
+
+def data_source(settings: Settings) -> tuple[Path | None, ShareClaim | None, tuple[int, int] | None]:
+    """What this client trains on: its own folder, or a simulated share (claimed now for `any/N`)."""
+    check_data_source(settings)
+    share = settings.share
+    if settings.client_data is not None or share is None:
+        return settings.client_data, None, None
+    if share.index is not None:
+        return None, None, (share.index, share.count)
+    assert settings.share_claims is not None  # checked above
+    claim = claim_share(settings.share_claims, share.count, settings.instance_name)
+    return None, claim, (claim.index, claim.count)
 
 
 async def build(
@@ -80,6 +115,7 @@ async def build(
     simulated clients, `out/state`), so a restart or a resumed run carries each client's spend over.
     """
     settings.require("ENROLLMENT_TOKEN")
+    client_data, claim, share = data_source(settings)
     # Generous retries: a coordinator restart or a slow start must not make the client give up or drop an update.
     transport = transport or FederationClient(settings.grpc_address, tls=settings.client_tls, attempts=12)
     capabilities = ClientCapabilities(
@@ -96,11 +132,10 @@ async def build(
         raise RegistrationFailed.of(settings.grpc_address, settings.client_tls is not None, exc) from exc
     if registration.secret:
         identity.keep(registration.client_id, registration.secret)
-    if settings.client_data is not None:
-        log.info("registered as %s (own data in %s)", registration.client_id, settings.client_data)
+    if share is None:
+        log.info("registered as %s (own data in %s)", registration.client_id, client_data)
     else:
-        share = f"{registration.partition_index}/{registration.partition_count}"
-        log.info("registered as %s (simulated share %s)", registration.client_id, share)
+        log.info("registered as %s (simulated share %d/%d)", registration.client_id, *share)
     owns_broker = broker is None
     if broker is None:
         # The coordinator declared the shared topology before serving gRPC; a client may only declare its own queue.
@@ -110,18 +145,25 @@ async def build(
         trainer or PoolTrainer(executor),
         registration,
         data_dir=settings.data_dir,
-        client_data=settings.client_data,
+        client_data=client_data,
+        share=share,
         clock=clock or SystemClock(),
         ledgers=LedgerStore(settings.state_dir, registration.client_id),
     )
     return ClientApp(
-        worker=worker, transport=transport, broker=broker, owns_broker=owns_broker, secret=registration.secret or secret
+        worker=worker,
+        transport=transport,
+        broker=broker,
+        owns_broker=owns_broker,
+        secret=registration.secret or secret,
+        claim=claim,
     )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """`fedbus client`: train until `stop`, then drain."""
     settings.require("ENROLLMENT_TOKEN")
+    check_data_source(settings)
     check_device(settings.device)
     observe("client", settings.instance_name)
     # The training processes start before registering: a registered client is one that can train at once.

@@ -112,7 +112,7 @@ async def build(
         settings.require("ENROLLMENT_TOKEN", "TOKEN_SECRET")
         tokens = TokenAuthority(secret=settings.token_secret.encode(), enrollment_token=settings.enrollment_token)
     log, broker, owns = await log_and_broker(settings, log, broker)
-    coordinator = Coordinator(log, partition_count=settings.partitions, clock=clock)
+    coordinator = Coordinator(log, clock=clock)
     relay = OutboxRelay(log, broker)
     return CoordinatorApp(
         settings=settings, coordinator=coordinator, relay=relay, tokens=tokens, log=log, broker=broker, owns=owns

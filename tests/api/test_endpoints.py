@@ -201,9 +201,7 @@ def test_stopping_a_run_completes_it_as_stopped_once(api: ApiServer) -> None:
 
 def test_evicting_a_client_marks_it_evicted_once(api: ApiServer, database_url: str) -> None:
     client = f"c-{uuid.uuid4().hex[:8]}"
-    on_log(
-        database_url, lambda log: append(log, f"client:{client}", ClientRegistered(client_id=client, partition_index=0))
-    )
+    on_log(database_url, lambda log: append(log, f"client:{client}", ClientRegistered(client_id=client)))
 
     evicted = post(api, f"/api/v1/clients/{client}/evict", {"reason": "misbehaving"})
     again = post(api, f"/api/v1/clients/{client}/evict")

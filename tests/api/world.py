@@ -36,9 +36,7 @@ async def append(log: SqlEventLog, stream: str, *events: Event) -> None:
 async def register_clients(log: SqlEventLog, clients: Sequence[str] = CLIENTS) -> None:
     for index, client in enumerate(clients):
         caps = {"device": "cpu", "cores": 2, "memory_bytes": 1 << 30, "hostname": f"host-{index}"}
-        await append(
-            log, f"client:{client}", ClientRegistered(client_id=client, partition_index=index, capabilities=caps)
-        )
+        await append(log, f"client:{client}", ClientRegistered(client_id=client, capabilities=caps))
 
 
 async def create_run(log: SqlEventLog, run_id: str, *, rounds: int = 5) -> None:

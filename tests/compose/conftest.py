@@ -171,7 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env.update(
         FEDBUS_RUN_CONFIG_FILE=str(config),
         FEDBUS_RUN_ID=f"run-compose-{suffix}",
-        FEDBUS_PARTITIONS="3",
+        FEDBUS_SHARES="3",
         FEDBUS_DATA_HOST_DIR=str(DATA_DIR),
     )
     stack = Stack(project=f"fedbus-test-{suffix}", env=env, run_id=env["FEDBUS_RUN_ID"], ports=ports)

@@ -257,7 +257,7 @@ def test_unroutable_publish_raises(open_broker: OpenBroker) -> None:
     async def scenario() -> None:
         async with open_broker(fresh_topology(inspect_max_length=None)) as broker:
             with pytest.raises(Unroutable):
-                await broker.publish(Envelope(event=ClientRegistered(client_id="c1", partition_index=0)))
+                await broker.publish(Envelope(event=ClientRegistered(client_id="c1")))
             with pytest.raises(Unroutable):
                 await broker.publish_raw("nobody.listens", b"x", message_id="m1")
 

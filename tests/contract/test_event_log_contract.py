@@ -45,7 +45,7 @@ from persistence.sql_event_log import SqlEventLog
 SAMPLE_EVENTS: list[Event] = [
     RunCreated(run_id="r1", config={"rounds": 3, "lr": 0.05, "model": "mnist_cnn", "nested": {"a": [1, 2]}}),
     ModelInitialized(run_id="r1", model_version=0, model_digest="d0", num_parameters=26010),
-    ClientRegistered(client_id="c1", partition_index=0, capabilities={"cpu": 2}),
+    ClientRegistered(client_id="c1", capabilities={"cpu": 2}),
     ClientEvicted(client_id="c1", reason="bad updates"),
     RoundStarted(
         run_id="r1",
@@ -377,8 +377,8 @@ def scripted_run(run_id: str) -> list[tuple[str, Event]]:
     update = dict(run_id=run_id, round=1, wire_bytes=100, raw_bytes=400, ratio=4.0, metrics={"loss": 0.5})
     return [
         (run_stream, RunCreated(run_id=run_id, config={"rounds": 1})),
-        ("client:c1", ClientRegistered(client_id="c1", partition_index=0, capabilities={"cpu": 1})),
-        ("client:c2", ClientRegistered(client_id="c2", partition_index=1)),
+        ("client:c1", ClientRegistered(client_id="c1", capabilities={"cpu": 1})),
+        ("client:c2", ClientRegistered(client_id="c2")),
         (run_stream, ModelInitialized(run_id=run_id, model_version=0, model_digest="m0", num_parameters=10)),
         (
             run_stream,

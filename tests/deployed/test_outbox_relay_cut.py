@@ -58,7 +58,7 @@ async def through_proxy(url: str) -> AsyncIterator[tuple[RabbitBroker, TcpProxy]
 
 async def append(event_log: SqlEventLog, first: int, count: int) -> None:
     for i in range(first, first + count):
-        event = ClientRegistered(client_id=f"c-{i}", partition_index=i, capabilities={})
+        event = ClientRegistered(client_id=f"c-{i}", capabilities={})
         await event_log.append(f"client:c-{i}", [Envelope(event=event)], expected_version=0)
 
 

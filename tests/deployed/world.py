@@ -122,9 +122,11 @@ class Deployment:
     def write_config(self, *, clients: int, rounds: int, **overrides: Any) -> None:
         """Write the run config: SMALL_RUN with `overrides` (the `round` and `privacy` tables are merged).
 
-        The coordinator hands out one data partition per client.
+        The clients claim one share each of the simulated data set (`any/N`, lock files in the state folder),
+        as compose's identical replicas do; a restarted client takes its share back.
         """
-        self.fleet.env["FEDBUS_PARTITIONS"] = str(clients)
+        self.fleet.env["FEDBUS_SHARE"] = f"any/{clients}"
+        self.fleet.env["FEDBUS_SHARE_CLAIMS"] = str(Path(self.fleet.env["FEDBUS_STATE_DIR"]) / "claims")
         overrides = {**overrides, "clients": clients, "rounds": rounds}
         config = {**SMALL_RUN, **{k: v for k, v in overrides.items() if k not in ("round", "privacy")}}
         for table in ("round", "privacy"):

@@ -163,7 +163,7 @@ def test_clients_send_only_the_declared_update_and_metrics_and_no_training_image
         list[RecordingFederationClient], list[RecordingBroker], dict[str, Any], list[np.ndarray], str
     ]:
         log, tokens = InMemoryEventLog(), TokenAuthority.generate()
-        coordinator = Coordinator(log, partition_count=CLIENTS)
+        coordinator = Coordinator(log)
         server, port = await start_grpc_server(coordinator, tokens, "127.0.0.1:0")
         broker = InMemoryBroker()
         transports, wirings, indices = [], [], []
@@ -173,7 +173,12 @@ def test_clients_send_only_the_declared_update_and_metrics_and_no_training_image
                 transports.append(transport)
                 registration = await transport.register(tokens.enrollment_token, ClientCapabilities(), f"c{index}")
                 worker = ClientWorker(
-                    transport, PoolTrainer(None), registration, data_dir=DATA_DIR, clock=SystemClock()
+                    transport,
+                    PoolTrainer(None),
+                    registration,
+                    data_dir=DATA_DIR,
+                    clock=SystemClock(),
+                    share=(index, CLIENTS),
                 )
                 wiring = RecordingBroker(broker)
                 wirings.append(wiring)
@@ -181,7 +186,7 @@ def test_clients_send_only_the_declared_update_and_metrics_and_no_training_image
                 simulation = Simulation(
                     scheme="iid",
                     clients=CLIENTS,
-                    index=registration.partition_index,
+                    index=index,
                     seed=0,
                     limit=SAMPLES,
                     dataset_dir=Path(DATA_DIR) if DATA_DIR else None,

@@ -87,7 +87,7 @@ async def world(
     log: EventLog | None = None,
 ) -> AsyncIterator[World]:
     log = log or InMemoryEventLog()
-    coordinator = Coordinator(log, partition_count=clients)
+    coordinator = Coordinator(log)
     tokens = TokenAuthority.generate()
     server, port = await start_grpc_server(
         coordinator, tokens, "127.0.0.1:0", uploads=uploads or UploadLimits(max_concurrent=max_concurrent_uploads)

@@ -29,9 +29,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @contextlib.asynccontextmanager
 async def serving(tls: ServerTls | None) -> AsyncIterator[tuple[str, TokenAuthority]]:
     tokens = TokenAuthority.generate()
-    server, port = await start_grpc_server(
-        Coordinator(InMemoryEventLog(), partition_count=2), tokens, "127.0.0.1:0", tls=tls
-    )
+    server, port = await start_grpc_server(Coordinator(InMemoryEventLog()), tokens, "127.0.0.1:0", tls=tls)
     try:
         yield f"localhost:{port}", tokens
     finally:

@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from contracts.catalog import MODELS
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
-from contracts.errors import CodecError, ConfigError
+from contracts.errors import CodecError
 from contracts.event_codec import decode_envelope, encode_envelope
 from contracts.events import RoundStarted
 from contracts.train_plan import TrainPlan, plan_for
 
 # What the coordinator puts in RoundStarted.train.
 LOGGED = {
-    "task": "mnist_dp_cnn", "partition": "dirichlet:0.5", "partition_count": 4, "seed": 7,
+    "task": "mnist_dp_cnn", "partition": "dirichlet:0.5", "seed": 7,
     "rounds": 20, "epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "compression": "topk:0.1+int8",
     "train_limit": 1000, "proximal_mu": 0.0,
     "privacy": {"enabled": True, "epsilon": 3.0, "delta": 1e-05, "max_grad_norm": 1.0, "accountant": "rdp"},
@@ -29,7 +29,10 @@ BEFORE_TASKS = {
     "model": "mnist_dp_cnn", "dataset": "mnist",
     **{k: v for k, v in LOGGED.items() if k not in ("task", "proximal_mu")},
     "privacy": {"enabled": True, "epsilon": 3.0, "delta": 1e-05, "max_grad_norm": 1.0},
+    "partition_count": 4,
 }  # fmt: skip
+# What it put there while the coordinator handed out simulated shares: their count (ignored now).
+BEFORE_SHARES_WERE_THE_CLIENTS = {**LOGGED, "partition_count": 4}
 CONFIG = RunConfig(
     task="mnist_dp_cnn", partition="dirichlet:0.5", seed=7, rounds=20, clients=4,
     compression="topk:0.1+int8", train_limit=1000,
@@ -87,9 +90,9 @@ def logged(**changes: Any) -> dict[str, Any]:
     return data
 
 
-@given(run_configs, st.integers(1, 100_000))
-def test_a_plan_survives_its_plain_form_and_the_wire(config: RunConfig, partition_count: int) -> None:
-    plan = plan_for(config, partition_count=partition_count)
+@given(run_configs)
+def test_a_plan_survives_its_plain_form_and_the_wire(config: RunConfig) -> None:
+    plan = plan_for(config)
     event = RoundStarted(
         run_id="r", round=1, attempt=1, model_version=0, model_digest="d", selected=("c",), deadline=1.0,
         train=plan.to_dict(),
@@ -103,19 +106,25 @@ def test_a_plan_survives_its_plain_form_and_the_wire(config: RunConfig, partitio
 
 
 def test_the_plain_form_is_the_shape_logs_already_hold() -> None:
-    plan = plan_for(CONFIG, partition_count=4)
+    plan = plan_for(CONFIG)
 
     assert plan.to_dict() == LOGGED
     assert list(plan.to_dict()) == list(LOGGED) and list(plan.to_dict()["privacy"]) == list(LOGGED["privacy"])
     assert TrainPlan.from_dict(LOGGED) == plan
     assert TrainPlan.from_dict(BEFORE_TASKS) == plan
+    assert TrainPlan.from_dict(BEFORE_SHARES_WERE_THE_CLIENTS) == plan
 
 
 def test_a_plan_takes_each_value_from_the_run_config() -> None:
-    plan = plan_for(CONFIG, partition_count=4)
+    plan = plan_for(CONFIG)
 
     assert (plan.epochs, plan.batch_size, plan.lr, plan.momentum) == (2, 32, 0.05, 0.9)
-    assert (plan.privacy.epsilon, plan.privacy.delta, plan.partition_count, plan.train_limit) == (3.0, 1e-5, 4, 1000)
+    assert (plan.privacy.epsilon, plan.privacy.delta, plan.partition, plan.train_limit) == (
+        3.0,
+        1e-5,
+        "dirichlet:0.5",
+        1000,
+    )
 
 
 def test_an_integer_where_a_float_goes_decodes_as_a_float() -> None:
@@ -128,13 +137,6 @@ def test_dp_off_skips_the_budget_ranges_as_the_run_config_does() -> None:
     plan = TrainPlan.from_dict(logged(privacy_enabled=False, privacy_epsilon=0.0, privacy_delta=0.0))
 
     assert plan.privacy.enabled is False
-
-
-def test_planning_for_no_partitions_is_a_config_error() -> None:
-    with pytest.raises(ConfigError) as error:
-        plan_for(CONFIG, partition_count=0)
-
-    assert error.value.field == "partition_count"
 
 
 @pytest.mark.parametrize(
@@ -169,7 +171,6 @@ def test_planning_for_no_partitions_is_a_config_error() -> None:
         ({"rounds": 0}, "train.rounds", "[1, 100000]"),
         ({"seed": -1}, "train.seed", "[0, 2147483647]"),
         ({"train_limit": 0}, "train.train_limit", "[1, 10000000]"),
-        ({"partition_count": 0}, "train.partition_count", "[1, 100000]"),
         ({"compression": "gzip"}, "train.compression", "allowed"),
         ({"privacy_epsilon": 0.0}, "train.privacy.epsilon", "(0.0, 1000.0]"),
         ({"privacy_delta": 0.5}, "train.privacy.delta", "(0.0, 0.1]"),

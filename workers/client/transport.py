@@ -76,8 +76,6 @@ def _retryable(exc: BaseException) -> bool:
 class Registration:
     client_id: str
     token: str
-    partition_index: int
-    partition_count: int
     secret: str = ""  # handed out at a first registration only: what gets this identity back
 
 
@@ -168,8 +166,6 @@ class FederationClient:
         return Registration(
             client_id=reply.client_id,
             token=reply.client_token,
-            partition_index=reply.partition_index,
-            partition_count=reply.partition_count,
             secret=reply.client_secret,
         )
 

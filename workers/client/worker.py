@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,15 +63,23 @@ class ClientWorker:
         clock: Clock,
         ledgers: LedgerStore | None = None,
         client_data: Path | None = None,
+        share: tuple[int, int] | None = None,
     ) -> None:
-        """`client_data`: this client's own data folder; without one it simulates its registered share of
-        the task's global data set (found in `data_dir`)."""
+        """`client_data`: this client's own data folder; or `share` (index, count): in a simulation, its
+        share of the task's global data set (found in `data_dir`), split by the run's partition scheme."""
+        if client_data is not None and share is None:
+            self._source: Path | tuple[int, int] = client_data
+        elif share is not None and client_data is None:
+            self._source = share
+        else:
+            raise ValueError("a client trains on its own data or on a simulated share: give one of the two")
+        # Each client's training randomness differs: by its share, or by its identity when it has own data.
+        self._seed_offset = share[0] if share is not None else zlib.crc32(registration.client_id.encode()) % 997
         self._ledgers = ledgers
         self._transport = transport
         self._trainer = trainer
         self._registration = registration
         self._data_dir = data_dir
-        self._client_data = client_data
         self._clock = clock
         self._runs: dict[str, RunMemory] = {}
         self._models: dict[str, TensorDict] = {}
@@ -156,7 +165,7 @@ class ClientWorker:
             max_grad_norm=privacy.max_grad_norm,
             noise_multiplier=dp.noise_multiplier if dp else None,
             delta=privacy.delta,
-            seed=plan.seed * 1000 + event.round * 7 + self._registration.partition_index,
+            seed=plan.seed * 1000 + event.round * 7 + self._seed_offset,
             proximal_mu=plan.proximal_mu,
             accountant=privacy.accountant,
         )
@@ -214,13 +223,13 @@ class ClientWorker:
         await self._decline(event, reason)
 
     def _request(self, plan: TrainPlan) -> DataRequest:
-        if self._client_data is not None:
-            return DataRequest(location=self._client_data)
-        reg = self._registration
+        if isinstance(self._source, Path):
+            return DataRequest(location=self._source)
+        index, count = self._source
         simulation = Simulation(
             scheme=plan.partition,
-            clients=reg.partition_count,
-            index=reg.partition_index,
+            clients=count,
+            index=index,
             seed=plan.seed,
             limit=plan.train_limit,
             dataset_dir=Path(self._data_dir) if self._data_dir else None,

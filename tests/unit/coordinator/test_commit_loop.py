@@ -45,7 +45,7 @@ def run_config() -> RunConfig:
 
 
 async def started_run(log: InMemoryEventLog, clock: FakeClock) -> tuple[Coordinator, list[str]]:
-    coordinator = Coordinator(log, partition_count=4, clock=clock)
+    coordinator = Coordinator(log, clock=clock)
     clients = [
         (await coordinator.clients.register(ClientCapabilities(), f"site-{i}")).record.client_id for i in range(4)
     ]
@@ -83,7 +83,7 @@ def test_a_coordinator_restarted_during_the_grace_period_keeps_its_deadline() ->
         await accept(first, clients[1])  # the quorum (2 of 4) is met at t=3: grace until t=13
 
         clock.time = 8.0  # the coordinator restarts: a new process folds the same log
-        restarted = Coordinator(log, partition_count=4, clock=clock)
+        restarted = Coordinator(log, clock=clock)
         await restarted.recover()
         await restarted.advance()
         assert "QuorumReached" not in await kinds(log)

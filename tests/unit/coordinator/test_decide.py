@@ -23,7 +23,6 @@ from contracts.events import (
     UpdateRejected,
 )
 from contracts.run_state import RunState, state_from_created
-from contracts.train_plan import TrainPlan
 from contracts.update_validation import RejectReason
 from contracts.uploads import UploadHeader
 from services.coordinator import decide
@@ -32,7 +31,7 @@ from services.coordinator.errors import NoRoundOpen, UploadRefused
 
 RUN = "r1"
 CLIENTS = ("c0", "c1", "c2", "c3")
-POOL = ClientPool(active=frozenset(CLIENTS), partition_count=4)
+POOL = ClientPool(active=frozenset(CLIENTS))
 
 
 def config(**round_options: object) -> RunConfig:
@@ -100,13 +99,12 @@ def test_the_first_round_starts_on_the_initial_model_with_a_typed_plan_and_a_dea
     assert isinstance(event, RoundStarted)
     assert (event.round, event.attempt, event.model_version, event.model_digest) == (1, 1, 0, "m0")
     assert event.selected == CLIENTS and event.deadline == 105.0
-    assert TrainPlan.from_dict(event.train).partition_count == 4
 
 
 def test_no_round_starts_without_clients_and_the_run_waits() -> None:
     run = folded(config(), initialized())
 
-    assert decide.due(run, ClientPool(active=frozenset(), partition_count=4), now=1.0) == []
+    assert decide.due(run, ClientPool(active=frozenset()), now=1.0) == []
 
 
 def test_clients_out_of_budget_are_not_selected_and_when_all_are_the_run_ends() -> None:

@@ -68,7 +68,7 @@ def test_the_strategy_state_is_kept_as_a_blob_and_taken_up_by_the_next_round() -
 
 def test_the_coordinator_hands_the_latest_state_to_the_next_quorum() -> None:
     run = state_from_created(RunCreated(run_id="r", config=RunConfig(clients=1, strategy=STRATEGY).to_dict()))
-    pool = ClientPool(active=frozenset({"c"}), partition_count=1)
+    pool = ClientPool(active=frozenset({"c"}))
     run.apply(ModelInitialized(run_id="r", model_version=0, model_digest="m0", num_parameters=2), 0.0)
     [first] = decide.due(run, pool, now=0.0)
     run.apply(first, 0.0)

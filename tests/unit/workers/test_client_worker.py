@@ -82,7 +82,7 @@ class Clock:
 
 def round_started(round_: int, *, epsilon: float = 3.0, **changes: object) -> Envelope:
     train: dict[str, Any] = {
-        "task": "mnist_dp_cnn", "partition": "iid", "partition_count": 2, "seed": 0, "rounds": 2,
+        "task": "mnist_dp_cnn", "partition": "iid", "seed": 0, "rounds": 2,
         "epochs": 1, "batch_size": 64, "lr": 0.1, "momentum": 0.0, "compression": "int8", "train_limit": 1000,
         "privacy": {"enabled": True, "epsilon": epsilon, "delta": 1e-5, "max_grad_norm": 1.0},
     } | changes  # fmt: skip
@@ -97,7 +97,7 @@ def worker(
     ledgers: LedgerStore | None = None, *, failure: Exception | None = None, client_data: Path | None = None
 ) -> tuple[ClientWorker, RecordingTransport, FixedTrainer]:
     transport, trainer = RecordingTransport(), FixedTrainer(failure)
-    registration = Registration(client_id="c-1", token="t", partition_index=0, partition_count=2)
+    registration = Registration(client_id="c-1", token="t")
     client = ClientWorker(
         transport,
         trainer,
@@ -105,7 +105,8 @@ def worker(
         data_dir=None,
         clock=Clock(),
         ledgers=ledgers,
-        client_data=client_data,  # type: ignore[arg-type]
+        client_data=client_data,
+        share=None if client_data else (0, 2),  # type: ignore[arg-type]
     )
     return client, transport, trainer
 
@@ -231,8 +232,16 @@ class ClosedRoundTransport(RecordingTransport):
 
 def test_a_round_that_closed_meanwhile_is_skipped_without_training_or_spending(tmp_path: Path) -> None:
     transport, trainer, ledgers = ClosedRoundTransport(), FixedTrainer(), LedgerStore(tmp_path, "c-1")
-    registration = Registration(client_id="c-1", token="t", partition_index=0, partition_count=2)
-    client = ClientWorker(transport, trainer, registration, data_dir=None, clock=Clock(), ledgers=ledgers)  # type: ignore[arg-type]
+    registration = Registration(client_id="c-1", token="t")
+    client = ClientWorker(
+        transport,  # type: ignore[arg-type]
+        trainer,  # type: ignore[arg-type]
+        registration,
+        data_dir=None,
+        clock=Clock(),
+        ledgers=ledgers,
+        share=(0, 2),
+    )
 
     asyncio.run(client.handle(round_started(1)))  # handled: not requeued, not dead-lettered
 

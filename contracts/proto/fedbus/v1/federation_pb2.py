@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*contracts/proto/fedbus/v1/federation.proto\x12\tfedbus.v1\"g\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08own_data\x18\x05 \x01(\x08\"n\n\x0fRegisterRequest\x12-\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x17.fedbus.v1.Capabilities\x12\x15\n\rinstance_name\x18\x02 \x01(\t\x12\x15\n\rclient_secret\x18\x03 \x01(\t\"\x81\x01\n\rRegisterReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63lient_token\x18\x02 \x01(\t\x12\x17\n\x0fpartition_index\x18\x03 \x01(\x05\x12\x17\n\x0fpartition_count\x18\x04 \x01(\x05\x12\x15\n\rclient_secret\x18\x05 \x01(\t\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"P\n\x08Manifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12&\n\x07tensors\x18\x03 \x03(\x0b\x32\x15.fedbus.v1.TensorSpec\"W\n\x0f\x44ownloadRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05round\x18\x04 \x01(\x03\"A\n\nModelChunk\x12%\n\x08manifest\x18\x01 \x01(\x0b\x32\x13.fedbus.v1.Manifest\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xc0\x02\n\x0cUpdateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x1a\n\x12\x62\x61se_model_version\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12\x35\n\x07metrics\x18\x06 \x03(\x0b\x32$.fedbus.v1.UpdateHeader.MetricsEntry\x12\x14\n\x07\x65psilon\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x12\n\ntotal_size\x18\t \x01(\x03\x12\x0e\n\x06sha256\x18\n \x01(\t\x12\x11\n\traw_bytes\x18\x0b \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_epsilon\"D\n\x0bUpdateChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedbus.v1.UpdateHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"@\n\x0bUploadReply\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0c\n\x04late\x18\x03 \x01(\x08\"?\n\x0e\x44\x65\x63lineRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x0e\n\x0c\x44\x65\x63lineReply2\x95\x02\n\nFederation\x12@\n\x08Register\x12\x1a.fedbus.v1.RegisterRequest\x1a\x18.fedbus.v1.RegisterReply\x12\x44\n\rDownloadModel\x12\x1a.fedbus.v1.DownloadRequest\x1a\x15.fedbus.v1.ModelChunk0\x01\x12@\n\x0cUploadUpdate\x12\x16.fedbus.v1.UpdateChunk\x1a\x16.fedbus.v1.UploadReply(\x01\x12=\n\x07\x44\x65\x63line\x12\x19.fedbus.v1.DeclineRequest\x1a\x17.fedbus.v1.DeclineReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*contracts/proto/fedbus/v1/federation.proto\x12\tfedbus.v1\"g\n\x0c\x43\x61pabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08own_data\x18\x05 \x01(\x08\"n\n\x0fRegisterRequest\x12-\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x17.fedbus.v1.Capabilities\x12\x15\n\rinstance_name\x18\x02 \x01(\t\x12\x15\n\rclient_secret\x18\x03 \x01(\t\"}\n\rRegisterReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63lient_token\x18\x02 \x01(\t\x12\x15\n\rclient_secret\x18\x05 \x01(\tJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x0fpartition_indexR\x0fpartition_count\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"P\n\x08Manifest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12&\n\x07tensors\x18\x03 \x03(\x0b\x32\x15.fedbus.v1.TensorSpec\"W\n\x0f\x44ownloadRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05round\x18\x04 \x01(\x03\"A\n\nModelChunk\x12%\n\x08manifest\x18\x01 \x01(\x0b\x32\x13.fedbus.v1.Manifest\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xc0\x02\n\x0cUpdateHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x1a\n\x12\x62\x61se_model_version\x18\x04 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x03\x12\x35\n\x07metrics\x18\x06 \x03(\x0b\x32$.fedbus.v1.UpdateHeader.MetricsEntry\x12\x14\n\x07\x65psilon\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x12\n\ntotal_size\x18\t \x01(\x03\x12\x0e\n\x06sha256\x18\n \x01(\t\x12\x11\n\traw_bytes\x18\x0b \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\n\n\x08_epsilon\"D\n\x0bUpdateChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedbus.v1.UpdateHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"@\n\x0bUploadReply\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0c\n\x04late\x18\x03 \x01(\x08\"?\n\x0e\x44\x65\x63lineRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x0e\n\x0c\x44\x65\x63lineReply2\x95\x02\n\nFederation\x12@\n\x08Register\x12\x1a.fedbus.v1.RegisterRequest\x1a\x18.fedbus.v1.RegisterReply\x12\x44\n\rDownloadModel\x12\x1a.fedbus.v1.DownloadRequest\x1a\x15.fedbus.v1.ModelChunk0\x01\x12@\n\x0cUploadUpdate\x12\x16.fedbus.v1.UpdateChunk\x1a\x16.fedbus.v1.UploadReply(\x01\x12=\n\x07\x44\x65\x63line\x12\x19.fedbus.v1.DeclineRequest\x1a\x17.fedbus.v1.DeclineReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,28 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPABILITIES']._serialized_end=160
   _globals['_REGISTERREQUEST']._serialized_start=162
   _globals['_REGISTERREQUEST']._serialized_end=272
-  _globals['_REGISTERREPLY']._serialized_start=275
-  _globals['_REGISTERREPLY']._serialized_end=404
-  _globals['_TENSORSPEC']._serialized_start=406
-  _globals['_TENSORSPEC']._serialized_end=462
-  _globals['_MANIFEST']._serialized_start=464
-  _globals['_MANIFEST']._serialized_end=544
-  _globals['_DOWNLOADREQUEST']._serialized_start=546
-  _globals['_DOWNLOADREQUEST']._serialized_end=633
-  _globals['_MODELCHUNK']._serialized_start=635
-  _globals['_MODELCHUNK']._serialized_end=700
-  _globals['_UPDATEHEADER']._serialized_start=703
-  _globals['_UPDATEHEADER']._serialized_end=1023
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=965
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1011
-  _globals['_UPDATECHUNK']._serialized_start=1025
-  _globals['_UPDATECHUNK']._serialized_end=1093
-  _globals['_UPLOADREPLY']._serialized_start=1095
-  _globals['_UPLOADREPLY']._serialized_end=1159
-  _globals['_DECLINEREQUEST']._serialized_start=1161
-  _globals['_DECLINEREQUEST']._serialized_end=1224
-  _globals['_DECLINEREPLY']._serialized_start=1226
-  _globals['_DECLINEREPLY']._serialized_end=1240
-  _globals['_FEDERATION']._serialized_start=1243
-  _globals['_FEDERATION']._serialized_end=1520
+  _globals['_REGISTERREPLY']._serialized_start=274
+  _globals['_REGISTERREPLY']._serialized_end=399
+  _globals['_TENSORSPEC']._serialized_start=401
+  _globals['_TENSORSPEC']._serialized_end=457
+  _globals['_MANIFEST']._serialized_start=459
+  _globals['_MANIFEST']._serialized_end=539
+  _globals['_DOWNLOADREQUEST']._serialized_start=541
+  _globals['_DOWNLOADREQUEST']._serialized_end=628
+  _globals['_MODELCHUNK']._serialized_start=630
+  _globals['_MODELCHUNK']._serialized_end=695
+  _globals['_UPDATEHEADER']._serialized_start=698
+  _globals['_UPDATEHEADER']._serialized_end=1018
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=960
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1006
+  _globals['_UPDATECHUNK']._serialized_start=1020
+  _globals['_UPDATECHUNK']._serialized_end=1088
+  _globals['_UPLOADREPLY']._serialized_start=1090
+  _globals['_UPLOADREPLY']._serialized_end=1154
+  _globals['_DECLINEREQUEST']._serialized_start=1156
+  _globals['_DECLINEREQUEST']._serialized_end=1219
+  _globals['_DECLINEREPLY']._serialized_start=1221
+  _globals['_DECLINEREPLY']._serialized_end=1235
+  _globals['_FEDERATION']._serialized_start=1238
+  _globals['_FEDERATION']._serialized_end=1515
 # @@protoc_insertion_point(module_scope)

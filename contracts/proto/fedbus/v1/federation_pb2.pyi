@@ -31,18 +31,14 @@ class RegisterRequest(_message.Message):
     def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., instance_name: _Optional[str] = ..., client_secret: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("client_id", "client_token", "partition_index", "partition_count", "client_secret")
+    __slots__ = ("client_id", "client_token", "client_secret")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    PARTITION_INDEX_FIELD_NUMBER: _ClassVar[int]
-    PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_SECRET_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     client_token: str
-    partition_index: int
-    partition_count: int
     client_secret: str
-    def __init__(self, client_id: _Optional[str] = ..., client_token: _Optional[str] = ..., partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ..., client_secret: _Optional[str] = ...) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., client_token: _Optional[str] = ..., client_secret: _Optional[str] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")

@@ -60,7 +60,8 @@ class FederationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
-        """Enrol a client: returns its identity, its token and the data partition it trains on. An instance name
+        """Enrol a client: returns its identity and its token (what data it trains on is the client's own setting,
+        never the coordinator's). An instance name
         already registered is handed back only to a caller presenting that identity's client secret
         (ALREADY_EXISTS otherwise).
         """
