@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,9 @@ def test_three_client_replicas_complete_a_private_run(stack: Stack) -> None:
     assert completed["rounds"] == 2
     assert len({event["client_id"] for event in registered}) == 3
     assert len({event["capabilities"]["hostname"] for event in registered}) == 3  # three containers
+    # The identical replicas claimed one share each of the simulated data set (any/3 in a shared volume).
+    logs = stack.compose("logs", "--no-color", "client", check=False).stdout
+    assert sorted(set(re.findall(r"simulated share (\d+)/3", logs))) == ["0", "1", "2"], logs[-3000:]
 
 
 def test_round_events_of_the_run_are_readable_in_the_inspect_queue(stack: Stack) -> None:
