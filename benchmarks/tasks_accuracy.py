@@ -54,7 +54,7 @@ TUNING = (
     "only the square root of 10. One party holding all 60,000 records with the same noise multiplier and "
     "sampling rate (1 client, batch 5,120, lr 2, 20 epochs; a tuning run, not re-run here) reached 83.7%; "
     "Papernot et al.'s 86.1% at epsilon 2.7 is centralized too, with its own schedule of batch and epochs. "
-    "A GPU sweep (docs/benchmarks_cuda.md, 2026-12-04) added server optimizers and the PRV accountant: FedAvgM "
+    "A GPU sweep (docs/cuda/benchmarks.md, 2026-12-04) added server optimizers and the PRV accountant: FedAvgM "
     "(momentum 0.7 or 0.9), FedAdam and FedYogi all ended lower (76.5-80.8%); PRV gave about half a point more "
     "than RDP at these settings, 81.8% at best (30 rounds). Not tried: a learning-rate schedule, other seeds."
 )

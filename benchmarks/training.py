@@ -117,6 +117,6 @@ def run(
         lines.append(f"fedbus on `{gpus[0]}` trains {ratios} as fast as on one CPU thread (medians).")
     else:
         lines.append(
-            "No GPU on this machine: [benchmarks_cuda.md](benchmarks_cuda.md) has this table from one with a GPU."
+            "No GPU on this machine: [cuda/benchmarks.md](cuda/benchmarks.md) has this table from one with a GPU."
         )
     return lines
