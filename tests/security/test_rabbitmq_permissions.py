@@ -9,7 +9,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aio_pika
 import aio_pika.abc
@@ -17,7 +17,7 @@ import aiormq.exceptions
 import pytest
 
 from broker.rabbitmq import RabbitBroker
-from broker.topology import queue_key
+from broker.topology import client_queue, queue_key
 from contracts.envelope import Envelope
 from contracts.events import RoundStarted
 from tests.support.rabbitmq import fresh_vhost
@@ -163,3 +163,31 @@ def test_a_client_cannot_reach_another_clients_queue_by_its_id(users: dict[str, 
 
     assert not found, "the victim's queue is reachable by its client id"
     assert len(received) == 1, "the victim's queue lost its events"
+
+
+def test_the_definitions_expire_client_queues_nobody_consumes_and_no_other_queue() -> None:
+    """A client queue outlives its client only for a day (a re-created container is a new identity with a new
+    queue; the old one would otherwise stay forever). Applied by the real broker to a real client queue."""
+    (policy,) = json.loads(DEFINITIONS.read_text())["policies"]
+    assert policy["definition"] == {"expires": 86_400_000} and policy["apply-to"] == "queues"
+
+    async def declare(url: str) -> None:
+        broker = await RabbitBroker.connect(url)
+        try:
+            await broker.ensure_client_queue("c-policy", queue_key("secret"))
+        finally:
+            await broker.close()
+
+    with fresh_vhost("fedbus-policy") as url:
+        vhost = unquote(url.rsplit("/", 1)[1])
+        _ctl("set_policy", "-p", vhost, "--apply-to", "queues", policy["name"], policy["pattern"],
+             json.dumps(policy["definition"]))  # fmt: skip
+        asyncio.run(declare(url))
+        listing = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "--no-table-headers", "-p", vhost, "name", "policy"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+    policies = dict(line.split("\t") for line in listing.splitlines() if "\t" in line)
+    client = client_queue("c-policy", queue_key("secret")).name
+    assert policies[client] == policy["name"]
+    assert all(not value for name, value in policies.items() if name != client), policies  # fixed queues: none
