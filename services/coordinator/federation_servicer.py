@@ -79,7 +79,8 @@ class FederationServicer(pb_grpc.FederationServicer):
                 hostname=caps.hostname,
                 own_data=caps.own_data,
             )
-            enrolment = await self._coordinator.clients.register(capabilities, ask.instance_name, ask.client_secret)
+            instance_name = _certified_name(context, ask.instance_name)
+            enrolment = await self._coordinator.clients.register(capabilities, instance_name, ask.client_secret)
         except Exception as exc:
             await context.abort(*status_of(exc))
         record = enrolment.record
@@ -234,3 +235,17 @@ def _header(h: pb.UpdateHeader) -> UploadHeader:
         )
     except ValueError as exc:
         raise CodecError(f"bad_header: {exc}") from exc
+
+
+def _certified_name(context: grpc.aio.ServicerContext[object, object], asked: str) -> str:
+    """The instance name a registration gets: under mTLS the client certificate's subject (its CN) is the
+    identity, so a caller asking for another name is refused; without mTLS, the name it asked for."""
+    names = context.auth_context().get("x509_common_name") or []
+    if not names:
+        return asked
+    certified = names[0].decode("utf-8", "replace")
+    if asked and asked != certified:
+        raise PermissionDenied(
+            f"instance name {asked!r:.100} is not the client certificate's subject {certified!r:.100}"
+        )
+    return certified

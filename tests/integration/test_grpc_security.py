@@ -108,3 +108,32 @@ def test_secrets_come_from_files_and_never_show_in_settings_repr(tmp_path: Path)
 
     assert settings.token_secret == "s3cr3t-signing-key"
     assert "s3cr3t" not in repr(settings) and "enrol-me" not in repr(settings)
+
+
+def test_under_mtls_the_certificates_subject_is_the_instance_name_and_no_other_name_is_granted(pki: Pki) -> None:
+    """A site's certificate (CN) is its identity: it cannot register under another site's name, and a
+    registration that names nothing gets the certificate's name."""
+    server_tls = ServerTls(cert=str(pki.server_cert), key=str(pki.server_key), client_ca=str(pki.ca))
+    tls = ClientTls(ca=str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key))
+    certified = "fedbus-test-ca-client"  # make_pki's client CN
+
+    async def scenario() -> None:
+        tokens = TokenAuthority.generate()
+        log = InMemoryEventLog()
+        server, port = await start_grpc_server(Coordinator(log), tokens, "127.0.0.1:0", tls=server_tls)
+        client = FederationClient(f"localhost:{port}", deadline_s=5, attempts=1, tls=tls)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as other:
+                await client.register(tokens.enrollment_token, ClientCapabilities(), "another-site")
+            assert other.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "client certificate's subject" in (other.value.details() or "")
+            first = await client.register(tokens.enrollment_token, ClientCapabilities(), "")
+            again = await client.register(tokens.enrollment_token, ClientCapabilities(), certified, first.secret)
+            assert again.client_id == first.client_id
+        finally:
+            await client.close()
+            await server.stop(grace=None)
+        names = [r.envelope.event.capabilities["instance_name"] for r in await log.read_all()]
+        assert names == [certified]
+
+    asyncio.run(scenario())
