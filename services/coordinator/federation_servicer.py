@@ -243,7 +243,7 @@ def _certified_name(context: grpc.aio.ServicerContext[object, object], asked: st
     names = context.auth_context().get("x509_common_name") or []
     if not names:
         return asked
-    certified = names[0].decode("utf-8", "replace")
+    certified = bytes(names[0]).decode("utf-8", "replace")
     if asked and asked != certified:
         raise PermissionDenied(
             f"instance name {asked!r:.100} is not the client certificate's subject {certified!r:.100}"
