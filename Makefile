@@ -25,9 +25,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
-# The compose stack through podman-stack (slow: builds the image); .ci/run calls it after `make test`.
+# The compose stack, and the Kubernetes dev overlay under `podman kube play`, through podman-stack (slow:
+# builds the image); .ci/run calls it after `make test`.
 test-compose: install
-	$(PY) -m pytest -q -p no:cacheprovider -m compose tests/compose
+	$(PY) -m pytest -q -p no:cacheprovider -m compose tests/compose tests/k8s
 
 lint: install
 	$(VENV)/bin/ruff check .
