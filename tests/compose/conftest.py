@@ -145,7 +145,7 @@ def _stack_environment() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # down before `make test-compose` goes on to tests/k8s
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """compose.yaml up with three clients and a two-round DP run; torn down with its volumes afterwards."""
     if shutil.which("podman") is None or shutil.which("docker-compose") is None:
