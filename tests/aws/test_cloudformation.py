@@ -448,8 +448,12 @@ def _fill_moto_gaps(patch: pytest.MonkeyPatch) -> None:
             return self.attributes[attribute_name]
 
         @classmethod
-        def update_from_cloudformation_json(cls, *args: Any, **kwargs: Any) -> Any:
-            raise NotImplementedError
+        def update_from_cloudformation_json(
+            cls, original_resource: Any, new_resource_name: str, cfn: dict[str, Any], account_id: str, region_name: str
+        ) -> Any:
+            """A replacement, as CloudFormation does for these types: made again from the new properties."""
+            # each subclass below is also a CloudFormationModel and defines create_from_cloudformation_json
+            return cls.create_from_cloudformation_json(new_resource_name, cfn, account_id, region_name)  # type: ignore[attr-defined]
 
         @classmethod
         def delete_from_cloudformation_json(cls, *args: Any, **kwargs: Any) -> None:

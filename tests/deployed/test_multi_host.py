@@ -7,8 +7,6 @@ back once its link returns.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,8 +23,9 @@ from contracts.events import (
 )
 from persistence.sql_event_log import SqlEventLog
 from tests.deployed.world import Deployment, of_type
+from tests.faults.proxy_thread import ProxyThread
 from tests.support.certificates import make_site_pki
-from tests.support.netns import Relay, Sites, sites
+from tests.support.netns import Sites, sites
 from tests.support.processes import FedbusProcess, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.deployed, pytest.mark.timeout(600)]
@@ -63,22 +62,9 @@ def _via(url: str, host: str, port: int) -> str:
 
 def start_site(deployment: Deployment, hosts: Sites, i: int, env: dict[str, str], folder: Path) -> FedbusProcess:
     """`fedbus client --data FOLDER` inside site i's namespace, in the deployment's fleet (killed after)."""
-    fleet, name = deployment.fleet, f"site-{i}"
-    fleet.log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = fleet.log_dir / f"{name}.log"
-    command = [*hosts.exec_prefix(i), sys.executable, "-m", "services.cli.main", "--log-level", "INFO", "client"]
-    with log_path.open("ab") as out:
-        popen = subprocess.Popen(
-            [*command, "--data", str(folder)],
-            env={**fleet.env, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    process = FedbusProcess(name=name, role="client", popen=popen, log_path=log_path)
-    fleet.processes[name] = process
-    return process
+    return deployment.fleet.start(
+        f"site-{i}", "client", prefix=hosts.exec_prefix(i), args=["--data", str(folder)], **env
+    )
 
 
 async def _follow_and_cut(deployment: Deployment, hosts: Sites) -> list[Event]:
@@ -110,9 +96,12 @@ def test_three_sites_in_their_own_namespaces_finish_a_run_through_one_sites_netw
         pki = make_site_pki(tmp_path / "pki", server_ips, [f"site-{i}" for i in range(SITES)])
         folders = write_site_data(data_dir, tmp_path / "sites")
         amqp = urlsplit(deployment.amqp_url)
-        relay_port, grpc_port = free_port(), free_port()
-        # The host's RabbitMQ listens on loopback only: each site reaches it through the server side's address.
-        with Relay([(ip, relay_port) for ip in server_ips], (amqp.hostname or "127.0.0.1", amqp.port or 5672)):
+        grpc_port = free_port()
+        # The host's RabbitMQ listens on loopback only: each site reaches it through a proxy on its link's
+        # server-side address, as through a load balancer in front of the broker.
+        relays = [ProxyThread(amqp.hostname or "127.0.0.1", amqp.port or 5672, listen_host=ip) for ip in server_ips]
+        relay_ports = [relay.start() for relay in relays]
+        try:
             deployment.write_config(
                 clients=SITES, rounds=ROUNDS, round={"quorum": 0.6, "grace_s": 15.0, "timeout_s": 120.0}
             )
@@ -130,7 +119,7 @@ def test_three_sites_in_their_own_namespaces_finish_a_run_through_one_sites_netw
                 cert, key = pki.sites[f"site-{i}"]
                 site_env = {
                     "FEDBUS_GRPC_ADDRESS": f"{hosts.server_ip(i)}:{grpc_port}",
-                    "FEDBUS_AMQP_URL": _via(deployment.amqp_url, hosts.server_ip(i), relay_port),
+                    "FEDBUS_AMQP_URL": _via(deployment.amqp_url, hosts.server_ip(i), relay_ports[i]),
                     "FEDBUS_TLS_CA": str(pki.ca),
                     "FEDBUS_TLS_CLIENT_CERT": str(cert),
                     "FEDBUS_TLS_CLIENT_KEY": str(key),
@@ -142,6 +131,9 @@ def test_three_sites_in_their_own_namespaces_finish_a_run_through_one_sites_netw
             events = asyncio.run(_follow_and_cut(deployment, hosts))
             registered = asyncio.run(_registrations(deployment.database_url))
             survivors = [p.name for p in deployment.fleet if p.returncode is not None]
+        finally:
+            for relay in relays:
+                relay.stop()
 
     by_instance = {e.capabilities["instance_name"]: e.client_id for e in registered}
     assert sorted(by_instance) == [f"site-{i}" for i in range(SITES)] and len(set(by_instance.values())) == SITES

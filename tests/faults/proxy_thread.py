@@ -15,14 +15,14 @@ T = TypeVar("T")
 class ProxyThread:
     """`TcpProxy(host, port)` served from a daemon thread; cut/restore are safe to call from any thread."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1") -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
-        self._proxy = TcpProxy(target_host, target_port)
+        self._proxy = TcpProxy(target_host, target_port, listen_host=listen_host)
         self.cuts = 0
 
     def start(self) -> int:
-        """Start the thread and the listener; returns the proxy's port on 127.0.0.1."""
+        """Start the thread and the listener; returns the proxy's port on the listen host."""
         self._thread.start()
         return self._call(self._proxy.start())
 

@@ -5,20 +5,15 @@ machine (the server side: coordinator, broker, database) is ``10.<net>.<i>.1`` o
 reaches nothing but the server side: no route, no bridge, no forwarding between sites. `cut` and `restore`
 take a site's link down and up (a network failure, not a process failure). Everything is removed on exit,
 also after a failed test; names carry a random suffix, so concurrent runs do not meet.
-
-`Relay` forwards TCP from each site's server-side address to a service that listens on loopback only (the
-host's RabbitMQ), as a load balancer in front of a broker would.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -101,63 +96,3 @@ def sites(count: int) -> Iterator[Sites]:
         yield made
     finally:
         made.remove()
-
-
-class Relay:
-    """TCP from (host, port) pairs to `target`, in a thread of its own until `close`."""
-
-    def __init__(self, listen: list[tuple[str, int]], target: tuple[str, int]) -> None:
-        self._listen, self._target = listen, target
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
-        self._servers: list[asyncio.Server] = []
-
-    def __enter__(self) -> Relay:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the relay did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-    async def _shutdown(self) -> None:
-        """Stop listening and end every piped connection, while the loop still runs."""
-        for server in self._servers:
-            server.close()
-        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        for host, port in self._listen:
-            server = self._loop.run_until_complete(asyncio.start_server(self._pipe, host, port))
-            self._servers.append(server)
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(_copy(reader, upstream_writer), _copy(upstream_reader, writer))
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(ConnectionError, OSError):
-            writer.close()

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -115,15 +115,18 @@ class Fleet:
     ) -> None:
         self.stop()
 
-    def start(self, name: str, role: str, **extra_env: str) -> FedbusProcess:
-        """Start `fedbus --log-level INFO <role>` with the fleet's environment plus `extra_env`."""
+    def start(
+        self, name: str, role: str, *, prefix: Sequence[str] = (), args: Sequence[str] = (), **extra_env: str
+    ) -> FedbusProcess:
+        """Start `fedbus --log-level INFO <role> <args>` with the fleet's environment plus `extra_env`; `prefix`
+        runs it through another command (e.g. `ip netns exec NS`, on another host)."""
         if name in self.processes and self.processes[name].returncode is None:
             raise ValueError(f"{name} is already running")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "--log-level", "INFO", role],
+                [*prefix, sys.executable, "-m", "services.cli.main", "--log-level", "INFO", role, *args],
                 env={**self.env, **extra_env},
                 stdin=subprocess.DEVNULL,
                 stdout=out,

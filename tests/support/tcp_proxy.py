@@ -7,10 +7,12 @@ import contextlib
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to target_host:target_port, in the test's event loop."""
+    """Forwards <listen_host>:<port> (127.0.0.1 unless told) to target_host:target_port, in the test's event
+    loop."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1") -> None:
         self._target = (target_host, target_port)
+        self._listen_host = listen_host
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
@@ -18,8 +20,8 @@ class TcpProxy:
         self.port = 0
 
     async def start(self) -> int:
-        """Listen on an ephemeral port of 127.0.0.1; returns it."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        """Listen on an ephemeral port of the listen host; returns it."""
+        self._server = await asyncio.start_server(self._accept, self._listen_host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
