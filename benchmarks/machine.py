@@ -37,3 +37,8 @@ def timed(call: Callable[[], object], repeats: int) -> tuple[float, float, float
 
 def fmt(triple: tuple[float, float, float], unit: float = 1e3, suffix: str = "ms") -> str:
     return " / ".join(f"{t * unit:.1f}" for t in triple) + f" {suffix}"
+
+
+def min_median_max(values: list[float], spec: str) -> str:
+    """`min / median / max` of `values`, each formatted with `spec` (e.g. ".2f", ",.0f")."""
+    return " / ".join(format(v, spec) for v in (min(values), statistics.median(values), max(values)))

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from benchmarks import plots
 from benchmarks.isolation import free_port, fresh_database, fresh_vhost
+from benchmarks.machine import min_median_max
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.events import RoundAggregated, RoundStarted, RunCompleted, UpdateAccepted
@@ -217,10 +218,6 @@ def _point(
     )
 
 
-def _mmm(values: list[float], fmt: str) -> str:
-    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
-
-
 def run(
     *,
     client_counts: tuple[int, ...],
@@ -258,7 +255,7 @@ def run(
     ]
     for p in points:
         lines.append(
-            f"| {p.clients} | {_mmm(p.round_s, '.2f')} s | {_mmm(p.overhead_s, '.2f')} s "
+            f"| {p.clients} | {min_median_max(p.round_s, '.2f')} s | {min_median_max(p.overhead_s, '.2f')} s "
             f"| {statistics.median(p.upload_window_s):.2f} s | {statistics.median(p.aggregate_s):.2f} s "
             f"| {statistics.median(p.updates_per_s):.0f} | {statistics.median(p.mb_per_s):.1f} "
             f"| {p.coordinator_cpu_per_round_s:.2f} s | {p.coordinator_peak_mb:.0f} MB | {p.aggregator_peak_mb:.0f} MB "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.machine import min_median_max
 from fedbus.data import DataRequest, Simulation
 from workers.learning.datasets import load_dataset
 from workers.learning.models import build_model
@@ -63,15 +65,6 @@ def devices_here() -> tuple[str, ...]:
     return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
-def _spread(values: list[float]) -> str:
-    values = sorted(values)
-    return f"{values[0]:,.0f} / {values[len(values) // 2]:,.0f} / {values[-1]:,.0f}"
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def run(
     *,
     data_dir: str | None,
@@ -96,10 +89,10 @@ def run(
             for _ in range(repeats):  # interleaved, so both see the same machine load
                 ours.append(fedbus_local(data_dir, count, batch, device))
                 bare.append(bare_opacus(data_dir, count, batch, device))
-            speed[device, batch] = _median(ours)
+            speed[device, batch] = statistics.median(ours)
             rows.append(
-                f"| `{device}` | {batch} | {count:,} | {_spread(ours)} | {_spread(bare)} "
-                f"| {_median(ours) / _median(bare):.2f}x |"
+                f"| `{device}` | {batch} | {count:,} | {min_median_max(ours, ',.0f')} | {min_median_max(bare, ',.0f')} "
+                f"| {statistics.median(ours) / statistics.median(bare):.2f}x |"
             )
     lines = [
         "`mnist_dp_cnn`, DP-SGD with Poisson sampling, one torch thread; "
