@@ -16,7 +16,7 @@ from broker.messages import DEATH_REASON_HEADER, QueuedMessage, headers_for
 from broker.topology import DEFAULT, Exchange, Queue, Topology, topic_matches
 from contracts.envelope import Envelope
 from contracts.errors import ConfigError, NotFound
-from contracts.event_codec import encode_envelope
+from contracts.event_codec import encode_envelope, envelope_to_json
 from contracts.ports import Handler
 
 
@@ -47,13 +47,24 @@ class InMemoryBroker:
         return spec.name
 
     async def publish(self, envelope: Envelope) -> None:
-        """Route the encoded envelope by its routing key; raises Unroutable when no queue binds it."""
+        """Route the encoded envelope by its routing key; raises Unroutable when no queue binds it. With the
+        topology's JSON inspect ring, a JSON copy goes there too."""
+        headers = headers_for(envelope)
         await self.publish_raw(
-            envelope.routing_key,
-            encode_envelope(envelope),
-            message_id=envelope.event_id,
-            headers=headers_for(envelope),
+            envelope.routing_key, encode_envelope(envelope), message_id=envelope.event_id, headers=headers
         )
+        copies = self._topology.inspect_copies
+        if copies is not None:
+            copy = envelope_to_json(envelope)
+            for queue in self._route(copies.name, envelope.routing_key):
+                message = StoredMessage(
+                    routing_key=envelope.routing_key,
+                    body=copy,
+                    message_id=envelope.event_id,
+                    headers=dict(headers),
+                    enqueued_at=self._clock(),
+                )
+                self._push(queue, message)
 
     async def publish_raw(
         self,

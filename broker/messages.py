@@ -8,6 +8,7 @@ from typing import Any, Final
 from contracts.envelope import Envelope
 
 CONTENT_TYPE: Final = "application/msgpack"
+JSON_CONTENT_TYPE: Final = "application/json"  # the inspect ring's readable copies
 DEATH_REASON_HEADER: Final = "x-first-death-reason"
 
 

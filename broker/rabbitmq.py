@@ -5,6 +5,7 @@ after a reconnect; the disposition table decides ack / requeue / dead-letter.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -20,13 +21,15 @@ from aio_pika.exceptions import (
 
 from broker.connection import connect_robust
 from broker.errors import BrokerUnavailable, PublishTimeout, Unroutable
-from broker.messages import CONTENT_TYPE, QueuedMessage, headers_for
+from broker.messages import CONTENT_TYPE, JSON_CONTENT_TYPE, QueuedMessage, headers_for
 from broker.rabbitmq_consumer import RabbitConsumer, snapshot
 from broker.topology import DEFAULT, Queue, Topology
 from contracts.envelope import Envelope
 from contracts.errors import ConfigError, NotFound
-from contracts.event_codec import encode_envelope
+from contracts.event_codec import encode_envelope, envelope_to_json
 from contracts.ports import Handler
+
+log = logging.getLogger(__name__)
 
 
 class RabbitBroker:
@@ -48,6 +51,7 @@ class RabbitBroker:
         self._prefetch = prefetch
         self._declared: dict[str, Queue] = {}
         self._exchange: AbstractExchange | None = None
+        self._copies: AbstractExchange | None = None  # where readable JSON copies go (the inspect ring's)
         self._consumers: set[RabbitConsumer] = set()
 
     @classmethod
@@ -104,6 +108,8 @@ class RabbitBroker:
                 for spec in self._topology.exchanges
             }
             self._exchange = exchanges[self._topology.events.name]
+            if self._topology.inspect_copies is not None:
+                self._copies = exchanges[self._topology.inspect_copies.name]
             for spec in self._topology.queues:
                 await self._declare_queue(spec)
 
@@ -115,14 +121,35 @@ class RabbitBroker:
         return spec.name
 
     async def publish(self, envelope: Envelope) -> None:
-        """Publish with confirm and mandatory routing; Unroutable, PublishTimeout or BrokerUnavailable."""
-        await self._publish(
+        """Publish with confirm and mandatory routing; Unroutable, PublishTimeout or BrokerUnavailable.
+
+        With the topology's JSON inspect ring, a JSON copy goes out beside it (confirmed in the same round trip);
+        a copy that fails is logged and never fails the publish."""
+        headers = headers_for(envelope)
+        sent = self._publish(
             envelope.routing_key,
             encode_envelope(envelope),
             message_id=envelope.event_id,
-            headers=headers_for(envelope),
+            headers=headers,
             type_name=envelope.type,
         )
+        if self._copies is None:
+            await sent
+            return
+        copy = self._publish(
+            envelope.routing_key,
+            envelope_to_json(envelope),
+            message_id=envelope.event_id,
+            headers=headers,
+            type_name=envelope.type,
+            exchange=self._copies,
+            content_type=JSON_CONTENT_TYPE,
+        )
+        outcome, copied = await asyncio.gather(sent, copy, return_exceptions=True)
+        if isinstance(copied, Exception):
+            log.warning("no JSON copy of %s in the inspect ring: %s", envelope.type, copied)
+        if isinstance(outcome, BaseException):
+            raise outcome
 
     async def publish_raw(
         self,
@@ -191,20 +218,24 @@ class RabbitBroker:
         message_id: str,
         headers: dict[str, Any],
         type_name: str | None = None,
+        exchange: AbstractExchange | None = None,
+        content_type: str = CONTENT_TYPE,
     ) -> None:
-        if self._exchange is None:
+        """Confirmed; mandatory on the events exchange, not on another (`exchange`: the inspect copies')."""
+        target = self._exchange if exchange is None else exchange
+        if target is None:
             raise BrokerUnavailable("topology not declared")
         message = aio_pika.Message(
             body,
             message_id=message_id,
             type=type_name,
-            content_type=CONTENT_TYPE,
+            content_type=content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers=headers,
         )
         try:
             async with asyncio.timeout(self._publish_timeout):
-                await self._exchange.publish(message, routing_key, mandatory=True)
+                await target.publish(message, routing_key, mandatory=exchange is None)
         except TimeoutError as exc:
             raise PublishTimeout(f"no confirm for {routing_key} within {self._publish_timeout}s") from exc
         except PublishError as exc:

@@ -69,15 +69,20 @@ class Topology:
     coordinator: Queue
     inspect: Queue | None
     client_template: Queue
+    # Readable copies: every published event again as JSON, on a fanout exchange of its own, into a ring
+    # like `inspect` (whose messages are the msgpack envelopes the roles consume).
+    inspect_copies: Exchange | None = None
+    inspect_json: Queue | None = None
 
     @property
     def exchanges(self) -> tuple[Exchange, ...]:
-        return (self.events, self.dead)
+        copies = () if self.inspect_copies is None else (self.inspect_copies,)
+        return (self.events, self.dead, *copies)
 
     @property
     def queues(self) -> tuple[Queue, ...]:
-        fixed = (self.dead_letters, self.aggregator, self.coordinator)
-        return fixed if self.inspect is None else (*fixed, self.inspect)
+        rings = tuple(q for q in (self.inspect, self.inspect_json) if q is not None)
+        return (self.dead_letters, self.aggregator, self.coordinator, *rings)
 
     def client_queue(self, client_id: str, key: str = "") -> Queue:
         """The queue of one client worker: round.started, round.failed and run.completed, with a TTL.
@@ -109,9 +114,13 @@ def build_topology(
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
     client_ttl_s: float = DEFAULT_CLIENT_TTL_S,
     inspect_max_length: int | None = DEFAULT_INSPECT_MAX_LENGTH,
+    inspect_json: bool = True,
     dead_letter_max_length: int = DEFAULT_DEAD_LETTER_MAX_LENGTH,
 ) -> Topology:
-    """The fedbus topology; `namespace` prefixes every name, `inspect_max_length=None` drops the ring."""
+    """The fedbus topology; `namespace` prefixes every name, `inspect_max_length=None` drops the rings.
+
+    With the rings, `inspect_json` adds `<namespace>.inspect.json`: the same events as JSON, for people (the
+    management UI's "Get messages" shows them as text), fed by the `<namespace>.inspect` fanout exchange."""
     if not _NAME_PART.match(namespace):
         raise ConfigError("namespace", f"{namespace!r} is not a valid name prefix")
     if delivery_limit < 1:
@@ -135,7 +144,7 @@ def build_topology(
             dead_letter_exchange=dead.name,
         )
 
-    inspect = None
+    inspect = inspect_copies = inspect_ring_json = None
     if inspect_max_length is not None:
         inspect = Queue(
             name=f"{namespace}.inspect",
@@ -143,6 +152,9 @@ def build_topology(
             bindings=("#",),
             max_length=inspect_max_length,
         )
+        if inspect_json:
+            inspect_copies = Exchange(name=f"{namespace}.inspect", kind="fanout")
+            inspect_ring_json = replace(inspect, name=f"{namespace}.inspect.json", exchange=inspect_copies.name)
     client_template = replace(
         worker_queue("client", "round.started", "round.failed", "run.completed"),
         message_ttl_s=client_ttl_s,
@@ -157,6 +169,8 @@ def build_topology(
         coordinator=worker_queue("coordinator", "model.initialized", "round.aggregated"),
         inspect=inspect,
         client_template=client_template,
+        inspect_copies=inspect_copies,
+        inspect_json=inspect_ring_json,
     )
 
 

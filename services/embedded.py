@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.in_memory_broker import InMemoryBroker
+from broker.topology import build_topology
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.errors import ConfigError
@@ -40,6 +41,8 @@ from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 
 Progress = Callable[[RecordedEvent], None]
+# In one process nobody reads the broker's rings through a management UI: no JSON copies of every event.
+EMBEDDED_TOPOLOGY = build_topology(inspect_json=False)
 # Seams for the benchmarks (slow devices, throttled links); the defaults are what `fedbus run` uses.
 TrainerFactory = Callable[[int, Executor], PoolTrainer]
 TransportFactory = Callable[[int, str], FederationClient]
@@ -130,7 +133,7 @@ async def federate(
     log = await open_event_log(f"sqlite:///{database}")
     if on_log_ready is not None:
         on_log_ready(database)  # e.g. `--serve`: the API reads the same SQLite log while the run writes it
-    broker = InMemoryBroker()
+    broker = InMemoryBroker(topology=EMBEDDED_TOPOLOGY)
     tokens = TokenAuthority.generate()
     apps: list[CoordinatorApp | AggregatorApp | ClientApp] = []
     try:

@@ -16,10 +16,9 @@ def coordinator(args: argparse.Namespace) -> int:
     from services.roots.coordinator import serve
 
     settings = Settings.from_env()
+    if args.config is None and settings.run_config is not None:
+        args.config = settings.run_config  # the flags (compose's --clients) still override the file's options
     has_options = any(getattr(args, k, None) is not None for k in ("config", "clients", "rounds", "task"))
-    if not has_options and settings.run_config is not None:
-        args.config = settings.run_config
-        has_options = True
     run_config = config_from(args) if has_options else None
     run_until_signalled(lambda stop: serve(settings, stop, run_config))
     return 0
@@ -84,6 +83,15 @@ async def _prune(url: str, keep_rounds: int) -> int:
         await event_log.close()
 
 
+def data(args: argparse.Namespace) -> int:
+    from workers.learning.datasets import fetch_dataset
+
+    for name in args.datasets:
+        downloaded = fetch_dataset(name, args.into)
+        print(f"{name}: {'downloaded into' if downloaded else 'found in'} {args.into}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "coordinator": coordinator,
     "aggregator": aggregator,
@@ -91,4 +99,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": up,
     "api": api,
     "db": db,
+    "data": data,
 }

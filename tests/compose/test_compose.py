@@ -54,10 +54,11 @@ def _completed_run(stack: Stack) -> dict[str, Any]:
     pytest.fail(stack.failure)
 
 
-def _inspect_messages(stack: Stack) -> list[dict[str, Any]]:
-    """Every message in fedbus.inspect, requeued (the management UI's "Get messages", Nack requeue)."""
-    url = f"http://127.0.0.1:{stack.ports['FEDBUS_RABBITMQ_UI_PORT']}/api/queues/fedbus/fedbus.inspect/get"
-    body = json.dumps({"count": 10_000, "ackmode": "ack_requeue_true", "encoding": "base64", "truncate": 64})
+def _inspect_messages(stack: Stack, queue: str = "fedbus.inspect", encoding: str = "base64") -> list[dict[str, Any]]:
+    """Every message in `queue`, requeued (the management UI's "Get messages", Nack requeue)."""
+    url = f"http://127.0.0.1:{stack.ports['FEDBUS_RABBITMQ_UI_PORT']}/api/queues/fedbus/{queue}/get"
+    truncate = 64 if encoding == "base64" else 1_000_000
+    body = json.dumps({"count": 10_000, "ackmode": "ack_requeue_true", "encoding": encoding, "truncate": truncate})
     request = urllib.request.Request(url, data=body.encode(), method="POST")
     request.add_header("Content-Type", "application/json")
     request.add_header("Authorization", "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode())
@@ -70,6 +71,8 @@ def test_three_client_replicas_complete_a_private_run(stack: Stack) -> None:
     completed = _completed_run(stack)
 
     registered = [json.loads(row) for row in stack.sql("SELECT payload FROM events WHERE type = 'ClientRegistered'")]
+    (created,) = [json.loads(row) for row in stack.sql("SELECT payload FROM events WHERE type = 'RunCreated'")]
+    assert created["config"]["clients"] == 3  # FEDBUS_CLIENTS=3, stated once, over the file's 10
     assert completed["rounds"] == 2
     assert len({event["client_id"] for event in registered}) == 3
     assert len({event["capabilities"]["hostname"] for event in registered}) == 3  # three containers
@@ -86,3 +89,10 @@ def test_round_events_of_the_run_are_readable_in_the_inspect_queue(stack: Stack)
     of_run = [m for m in messages if m["properties"].get("headers", {}).get("run_id") == stack.run_id]
     seen = {(m["routing_key"], m["properties"].get("type"), m["properties"]["headers"].get("round")) for m in of_run}
     assert {(key, type_name, r) for key, type_name in ROUND_EVENTS for r in (1, 2)} <= seen
+    # The same events as text: the JSON ring is what a person reads in the management UI ("Get messages").
+    copies = [m for m in _inspect_messages(stack, "fedbus.inspect.json", "auto") if m["payload_encoding"] == "string"]
+    bodies = [json.loads(m["payload"]) for m in copies if m["properties"].get("content_type") == "application/json"]
+    aggregated = [b for b in bodies if b["type"] == "RoundAggregated" and b["payload"]["run_id"] == stack.run_id]
+    assert sorted(b["payload"]["round"] for b in aggregated) == [1, 2]
+    assert all(0.0 < b["payload"]["metrics"]["accuracy"] <= 1.0 for b in aggregated)
+    assert {b["event_id"] for b in bodies} <= {m["properties"]["message_id"] for m in messages}

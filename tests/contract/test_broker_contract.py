@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from broker.messages import QueuedMessage
 from broker.topology import Topology, build_topology, topic_matches
 from contracts.envelope import Envelope
 from contracts.errors import TransientError
+from contracts.event_codec import decode_envelope, event_to_dict
 from contracts.events import (
     ClientRegistered,
     QuorumReached,
@@ -115,6 +117,41 @@ def test_confirmed_publish_is_consumed_and_copied_to_inspect_with_headers(open_b
                 "round": 3,
                 "traceparent": envelope.traceparent,
             }
+
+    run(scenario())
+
+
+def test_every_published_event_has_a_json_copy_in_the_readable_inspect_ring(open_broker: OpenBroker) -> None:
+    async def scenario() -> None:
+        topology = fresh_topology()
+        assert topology.inspect_json is not None
+        async with open_broker(topology) as broker:
+            envelopes = [quorum("run-8", 2), round_started("run-8")]
+
+            for envelope in envelopes:
+                await broker.publish(envelope)
+
+            copies = await eventually(lambda: broker.peek(topology.inspect_json.name), lambda m: len(m) == 2)  # type: ignore[union-attr]
+            assert ids(copies) == [e.event_id for e in envelopes]
+            bodies = [json.loads(m.body) for m in copies]
+            assert [(b["type"], b["event_id"]) for b in bodies] == [(e.type, e.event_id) for e in envelopes]
+            assert bodies[0]["payload"] == event_to_dict(envelopes[0].event)
+            assert bodies[1]["payload"]["selected"] == list(envelopes[1].event.selected)  # type: ignore[attr-defined]
+            assert copies[0].headers["run_id"] == "run-8" and copies[0].routing_key == "round.quorum_reached"
+            # The ring the roles' tests read keeps the msgpack envelopes, unchanged.
+            inspected = await broker.peek(topology.inspect.name)  # type: ignore[union-attr]
+            assert [decode_envelope(m.body) for m in inspected] == envelopes
+
+    run(scenario())
+
+
+def test_without_json_copies_the_topology_has_no_copy_exchange(open_broker: OpenBroker) -> None:
+    async def scenario() -> None:
+        topology = fresh_topology(inspect_json=False)
+        assert topology.inspect_copies is None and topology.inspect_json is None
+        async with open_broker(topology) as broker:
+            await broker.publish(quorum("run-9"))
+            assert len(await eventually(lambda: broker.peek(topology.inspect.name), bool)) == 1  # type: ignore[union-attr]
 
     run(scenario())
 

@@ -87,9 +87,13 @@ class LabeledData:
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) of `name`'s training split, for pixels in [0, 1]."""
-    if name not in _STATS:
-        raise ConfigError("dataset", f"unknown dataset {name!r:.100}; one of {', '.join(DATASETS)}")
+    _check_name(name)
     return _STATS[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {name!r:.100}; one of {', '.join(DATASETS)}")
 
 
 def data_dir_from(data_dir: str | Path | None) -> Path:
@@ -108,8 +112,7 @@ def cache_dir() -> Path:
 
 def load_dataset(name: str, *, train: bool, data_dir: str | Path | None = None) -> LabeledData:
     """Load one split of `name` (one of the catalog's DATASETS); cached per process."""
-    if name not in DATASETS:
-        raise ConfigError("dataset", f"unknown dataset {name!r:.100}; one of {', '.join(DATASETS)}")
+    _check_name(name)
     system = str(DEBIAN_FASHION_MNIST_DIR) if name == FASHION_MNIST else None
     return _load_cached(name, train, str(data_dir_from(data_dir)), str(cache_dir()), system)
 
@@ -128,19 +131,40 @@ def _load_cached(name: str, train: bool, root: str, cache: str, system: str | No
         except _READ_ERRORS:
             pass
         roots.append(Path(system))
+    return _downloaded(name, train, Path(cache), roots)
+
+
+def _downloaded(name: str, train: bool, folder: Path, looked_in: Sequence[Path]) -> LabeledData:
+    """Download `name` into `folder` with the first downloader that works, and read one split from there."""
     failures = []
     downloaders = DOWNLOADERS[name] if os.environ.get("FEDBUS_DOWNLOAD", "1") != "0" else ()
     for download in downloaders:
         try:
-            download(Path(cache))
-            return _read(name, train, Path(cache))
+            download(folder)
+            return _read(name, train, folder)
         except _DOWNLOAD_ERRORS as exc:
             failures.append(f"{download.__name__}: {exc}")
     raise DataUnavailable(
-        f"dataset {name!r} not found in {', '.join(str(r) for r in roots)} and could not be downloaded "
+        f"dataset {name!r} not found in {', '.join(str(r) for r in looked_in)} and could not be downloaded "
         f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). "
         f"Set FEDBUS_DATA_DIR to a folder holding {_LAYOUTS[name]}."
     )
+
+
+def fetch_dataset(name: str, folder: Path) -> bool:
+    """Make `folder` hold both splits of `name` in a layout `load_dataset` reads, downloading them into it
+    when it does not (`fedbus data fetch`, which fills a deployment's data volume). True when it downloaded;
+    DataUnavailable when it could not (downloads off, or no network)."""
+    _check_name(name)
+    try:
+        for train in (True, False):
+            _read(name, train, folder)
+        return False
+    except _READ_ERRORS:
+        pass
+    _downloaded(name, True, folder, [folder])
+    _read(name, False, folder)
+    return True
 
 
 def _read(name: str, train: bool, root: Path) -> LabeledData:

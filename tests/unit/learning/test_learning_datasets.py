@@ -4,6 +4,7 @@ import gzip
 import io
 import pickle
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torchvision import datasets as tv
 
+from services.cli.main import main
 from workers.learning import datasets
 from workers.learning.datasets import DataUnavailable, extract_mnist_tarball, load_dataset
 
@@ -261,3 +263,60 @@ def test_missing_fashion_mnist_names_both_layouts_and_the_debian_package(
     assert str(tmp_path / "empty") in message and str(offline) in message and str(no_debian) in message
     assert "FashionMNIST/raw" in message and "fashion-mnist/" in message
     assert "dataset-fashion-mnist" in message and "FEDBUS_DATA_DIR" in message
+
+
+def _fake_fashion_download(calls: list[Path]) -> Callable[[str, Path], None]:
+    def download(name: str, folder: Path) -> None:
+        calls.append(folder)
+        raw = folder / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for file, payload in _tiny_fashion_files().items():
+            (raw / file).write_bytes(payload)
+
+    return download
+
+
+def test_data_fetch_downloads_into_an_empty_folder_once_then_finds_it(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, no_debian: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(datasets, "download_with_torchvision", _fake_fashion_download(calls))
+    volume = tmp_path / "volume"
+
+    assert main(["data", "fetch", "fashion_mnist", "--into", str(volume)]) == 0
+    assert main(["data", "fetch", "fashion_mnist", "--into", str(volume)]) == 0
+
+    assert calls == [volume]  # the second fetch found what the first downloaded
+    assert capsys.readouterr().out.splitlines() == [
+        f"fashion_mnist: downloaded into {volume}",
+        f"fashion_mnist: found in {volume}",
+    ]
+    assert len(load_dataset("fashion_mnist", train=True, data_dir=volume)) == 6
+    assert not offline.exists()  # into the folder it was given, not the cache
+
+
+def test_data_fetch_leaves_a_folder_that_holds_the_data_untouched(
+    offline: Path, no_debian: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tmp_path / "host" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, payload in _tiny_fashion_files().items():
+        (raw / name).write_bytes(payload)
+    before = _snapshot(tmp_path / "host")
+
+    assert main(["data", "fetch", "fashion_mnist", "--into", str(tmp_path / "host")]) == 0
+
+    assert capsys.readouterr().out.strip() == f"fashion_mnist: found in {tmp_path / 'host'}"
+    assert _snapshot(tmp_path / "host") == before
+
+
+def test_data_fetch_without_network_or_with_an_unknown_name_is_one_line_and_exit_2(
+    offline: Path, no_debian: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["data", "fetch", "mnist", "--into", str(tmp_path / "empty")]) == 2
+    assert main(["data", "fetch", "imagenet", "--into", str(tmp_path / "empty")]) == 2
+
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("fedbus data: dataset 'mnist' not found in") and "network unreachable" in lines[0]
+    assert lines[1] == "fedbus data: error: dataset: unknown dataset 'imagenet'; one of mnist, cifar10, fashion_mnist"
