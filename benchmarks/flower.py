@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +55,7 @@ from packaging.requirements import Requirement
 
 from benchmarks import plots
 from benchmarks.federation import bench_config, federate
-from benchmarks.isolation import free_port, fresh_database, fresh_vhost
-from ops.settings import Settings
+from benchmarks.isolation import free_port, fresh_deployment
 
 FLWR_VERSION = "1.42.0"
 PINS = (f"flwr[simulation]=={FLWR_VERSION}", "numpy==2.4.6")  # numpy: fedbus's pin (setup.cfg)
@@ -398,14 +397,6 @@ def run_fedbus_embedded(pool: Executor, sizes: Sizes, *, compression: str) -> Sy
     return result
 
 
-@contextlib.contextmanager
-def _fresh_vhost_and_database() -> Iterator[dict[str, str]]:
-    """FEDBUS_AMQP_URL and FEDBUS_DATABASE_URL of a new vhost and database (see benchmarks.isolation)."""
-    settings = Settings.from_env()
-    with fresh_vhost(settings.amqp_url) as amqp_url, fresh_database(settings.database_url) as database_url:
-        yield {"FEDBUS_AMQP_URL": amqp_url, "FEDBUS_DATABASE_URL": database_url}
-
-
 def run_fedbus_up(sizes: Sizes, *, timeout_s: float) -> SystemRun:
     """`fedbus up` as a subprocess on the local RabbitMQ and PostgreSQL (a fresh vhost and database), fp32.
 
@@ -416,7 +407,7 @@ def run_fedbus_up(sizes: Sizes, *, timeout_s: float) -> SystemRun:
         clients=sizes.clients, rounds=sizes.rounds, train_limit=sizes.train_limit, eval_limit=sizes.eval_limit,
         epsilon=3.0, compression="fp32", quorum=1.0,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="fedbus-up-") as folder, _fresh_vhost_and_database() as urls:
+    with tempfile.TemporaryDirectory(prefix="fedbus-up-") as folder, fresh_deployment() as urls:
         work = Path(folder)
         (work / "run.json").write_text(json.dumps({"run": config.to_dict()}))
         env = {**os.environ, **urls, "FEDBUS_STATE_DIR": str(work / "state"), "OMP_NUM_THREADS": "1"}

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from ops.settings import Settings
 from persistence.sql_admin import create_database, drop_database
 
 
@@ -49,6 +50,14 @@ def fresh_database(database_url: str, prefix: str = "fedbus_bench") -> Iterator[
         yield url
     finally:
         asyncio.run(drop_database(admin_url, name))
+
+
+@contextlib.contextmanager
+def fresh_deployment() -> Iterator[dict[str, str]]:
+    """FEDBUS_AMQP_URL and FEDBUS_DATABASE_URL (from the environment's settings) of a new vhost and database."""
+    settings = Settings.from_env()
+    with fresh_vhost(settings.amqp_url) as amqp_url, fresh_database(settings.database_url) as database_url:
+        yield {"FEDBUS_AMQP_URL": amqp_url, "FEDBUS_DATABASE_URL": database_url}
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from benchmarks import (
     load,
     privacy_utility,
     scale,
+    startup,
     tasks_accuracy,
     training,
 )
@@ -64,6 +65,8 @@ class Profile:
     task_epsilons: tuple[float | None, ...]
     task_train_limit: int | None
     task_eval_limit: int | None
+    startup_clients: int  # `fedbus up --clients N` launched startup_repeats times, to ready and to round 1
+    startup_repeats: int
 
 
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, None)
@@ -74,6 +77,7 @@ PROFILES = {
         latency_rounds=30, latency_target=0.95, device_s=1.0, scale_clients=(10, 25, 50, 100, 200), scale_rounds=5,
         scale_model="mnist_cnn", flower_rounds=15, flower_target=0.9, flower_deployed=True, flower_install=True,
         task_rounds=20, task_epsilons=(3.0, 2.0, None), task_train_limit=None, task_eval_limit=None,
+        startup_clients=10, startup_repeats=3,
     ),
     "quick": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=6000, eval_limit=2000,
@@ -81,6 +85,7 @@ PROFILES = {
         latency_rounds=12, latency_target=0.8, device_s=0.5, scale_clients=(10, 25, 50, 100, 200), scale_rounds=3,
         scale_model="mnist_cnn", flower_rounds=4, flower_target=0.5, flower_deployed=True, flower_install=True,
         task_rounds=20, task_epsilons=(3.0,), task_train_limit=None, task_eval_limit=None,
+        startup_clients=10, startup_repeats=3,
     ),
     "smoke": Profile(
         updates=3, params=10_000, repeats=1, samples=300, clients=10, train_limit=100, eval_limit=100,
@@ -88,6 +93,7 @@ PROFILES = {
         latency_rounds=1, latency_target=0.5, device_s=0.05, scale_clients=(3,), scale_rounds=1,
         scale_model="mnist_dp_cnn", flower_rounds=1, flower_target=0.05, flower_deployed=False,
         flower_install=False, task_rounds=1, task_epsilons=(3.0, None), task_train_limit=100, task_eval_limit=100,
+        startup_clients=3, startup_repeats=1,
     ),
 }  # fmt: skip
 
@@ -165,6 +171,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
         c.executor, data_dir=c.data_dir, client_counts=c.p.latency_clients, rounds=c.p.latency_rounds,
         target=c.p.latency_target, base_compute_s=c.p.device_s, plot=c.folder / "latency.png", **c.sizes), True),
     "scale": ("Scale on RabbitMQ and PostgreSQL", lambda c: _scale(c.p, c.data_dir, c.folder / "scale.png"), False),
+    "startup": ("Start-up of a deployment: fedbus up", lambda c: startup.run(
+        clients=c.p.startup_clients, repeats=c.p.startup_repeats, data_dir=c.data_dir), False),
     "flower": ("Against a peer: Flower", lambda c: flower.run(
         c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.flower_rounds, target=c.p.flower_target,
         workers=c.workers, install=c.p.flower_install, deployed=c.p.flower_deployed, plot=c.folder / "flower.png",

@@ -13,6 +13,7 @@ import socket
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -30,10 +31,11 @@ from services.roots.pool import process_pool, warm_up
 from workers.client.identity_store import IdentityStore
 from workers.client.ledger_store import LedgerStore
 from workers.client.share_claim import ShareClaim, claim_share
-from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient, RegistrationFailed
-from workers.client.worker import ClientWorker
-from workers.learning.training import check_device
+
+if TYPE_CHECKING:  # the worker and the trainer import torch and Opacus: `build` imports them once registered
+    from workers.client.trainer import PoolTrainer
+    from workers.client.worker import ClientWorker
 
 log = logging.getLogger("fedbus.client")
 
@@ -136,6 +138,9 @@ async def build(
         log.info("registered as %s (own data in %s)", registration.client_id, client_data)
     else:
         log.info("registered as %s (simulated share %d/%d)", registration.client_id, *share)
+    from workers.client.trainer import PoolTrainer
+    from workers.client.worker import ClientWorker
+
     owns_broker = broker is None
     if broker is None:
         # The coordinator declared the shared topology before serving gRPC; a client may only declare its own queue.
@@ -164,16 +169,22 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """`fedbus client`: train until `stop`, then drain."""
     settings.require("ENROLLMENT_TOKEN")
     check_data_source(settings)
-    check_device(settings.device)
+    if settings.device != "cpu":  # a GPU is checked by torch, before registering: a client that cannot train exits
+        from workers.learning.training import check_device
+
+        check_device(settings.device)
     observe("client", settings.instance_name)
-    # The training processes start before registering: a registered client is one that can train at once.
+    # Register first, then start the training processes (each spawns and imports torch: seconds) while the
+    # client already consumes its queue: a federation of N clients is ready in the time of N registrations, and
+    # a round that starts meanwhile waits for its worker in the pool.
     with process_pool(settings.workers, settings.device) as executor:
-        await asyncio.to_thread(warm_up, executor, settings.workers)
         app = await build(settings, executor=executor)
+        warming = asyncio.create_task(asyncio.to_thread(warm_up, executor, settings.workers))
         await app.start()
         try:
             await stop.wait()
             log.info("client %s draining", app.client_id)
         finally:
             await app.stop()
+            await asyncio.gather(warming, return_exceptions=True)
             shutdown_telemetry()

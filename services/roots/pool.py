@@ -20,7 +20,6 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import ParamSpec, TypeVar
 
 from ops.lifecycle import die_with_parent
-from workers.learning.training import init_worker
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -65,6 +64,8 @@ def init_pool_worker(parent_pid: int, device: str) -> None:
     # A terminal's Ctrl-C reaches the whole process group: the parent drains and shuts the pool down, so a
     # worker must not die of it mid-task (with a traceback of its own).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from workers.learning.training import init_worker  # torch: imported in the workers, not in their parent
+
     init_worker(device)
 
 

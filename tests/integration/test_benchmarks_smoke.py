@@ -24,6 +24,7 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
         "## Compression and accuracy",
         "## Latency with stragglers and slow uplinks",
         "## Scale on RabbitMQ and PostgreSQL",
+        "## Start-up of a deployment: fedbus up",
         "## Against a peer: Flower",
     )
     for section in sections:
@@ -36,3 +37,4 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     assert (tmp_path / "privacy_utility.png").stat().st_size > 0 and (tmp_path / "latency.png").stat().st_size > 0
     if os.environ.get("FEDBUS_REQUIRE_SERVICES") == "1":  # CI: the deployed scale run happened on real services
         assert "| 3 | " in text and "aggregator's peak memory" in text and (tmp_path / "scale.png").stat().st_size > 0
+        assert "| **ready** (RunCreated) | " in text and "| round 1 aggregated | " in text
