@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -35,7 +36,7 @@ def event_from_dict(type_name: str, payload: dict[str, Any]) -> Event:
         cls = EVENT_TYPES[type_name][0]
     except KeyError as exc:
         raise UnknownEventType(f"unknown event type {type_name!r}") from exc
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in payload:
@@ -47,6 +48,12 @@ def event_from_dict(type_name: str, payload: dict[str, Any]) -> Event:
     if unknown:
         raise CodecError(f"{type_name}: unexpected fields {sorted(unknown)}")
     return cls(**kwargs)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of an event class (resolving them is most of a small event's decode)."""
+    return typing.get_type_hints(cls)
 
 
 def _check(type_name: str, name: str, hint: Any, value: Any) -> Any:

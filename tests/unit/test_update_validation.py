@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from contracts.errors import ConfigError
 from contracts.tensor_codec import TensorSpec, specs_of
-from contracts.update_validation import Rejection, RejectReason, validate_update
+from contracts.update_validation import Rejection, RejectReason, l2_norm, validate_update
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 
@@ -143,3 +144,14 @@ def test_reject_reasons_have_stable_wire_values() -> None:
         "epsilon_missing",
         "budget_exceeded",
     }
+
+
+def test_the_norm_is_exact_enough_and_survives_float32_overflow_and_half_precision() -> None:
+    rng = np.random.default_rng(3)
+    small = (rng.standard_normal(1_000_003) * 0.01).astype(np.float32)
+    exact = math.sqrt(float(np.sum(small.astype(np.float64) ** 2)))
+    assert l2_norm({"w": small}) == pytest.approx(exact, rel=1e-5)
+    huge = np.full(4, 3e30, dtype=np.float32)  # its squares overflow float32, not float64
+    assert l2_norm({"w": huge}) == pytest.approx(6e30, rel=1e-6)
+    half = np.full(70_000, 1.0, dtype=np.float16)  # summed in float16 this would stall at 2048
+    assert l2_norm({"w": half}) == pytest.approx(math.sqrt(70_000))
