@@ -16,8 +16,9 @@ import numpy as np
 
 from benchmarks.federation import FederatedResult, bench_config, federate
 from fedbus.data import Simulation
+from workers.learning.local_round import LocalTrainConfig
 from workers.learning.privacy import plan_privacy
-from workers.learning.training import LocalTrainConfig, evaluate, initial_weights, train_local
+from workers.learning.training import evaluate, initial_weights, train_local
 
 MODEL = "mnist_dp_cnn"
 MNIST_TRAIN = 60_000

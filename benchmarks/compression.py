@@ -10,7 +10,8 @@ from benchmarks.machine import fmt, timed
 from contracts.compression import ErrorFeedback, compress_update, decompress_update, parse_compression
 from contracts.tensors import TensorDict
 from fedbus.data import Simulation
-from workers.learning.training import LocalTrainConfig, initial_weights, train_local
+from workers.learning.local_round import LocalTrainConfig
+from workers.learning.training import initial_weights, train_local
 
 CODECS = ("fp32", "fp16", "int8", "topk:0.1+int8", "topk:0.01+int8")
 

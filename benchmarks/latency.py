@@ -26,7 +26,7 @@ from contracts.uploads import UploadHeader
 from fedbus.data import DataRequest
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
-from workers.learning.training import LocalTrainConfig, LocalTrainResult
+from workers.learning.local_round import LocalTrainConfig, LocalTrainResult
 
 STRAGGLERS = 0.2  # the fraction of clients 3-5x slower than the rest
 UPLINK_MBIT = (0.5, 5.0)  # per-client uplink, log-uniform, in Mbit/s (mobile-class)

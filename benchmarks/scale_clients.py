@@ -34,7 +34,7 @@ from ops.settings import Settings
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient
 from workers.client.worker import ClientWorker
-from workers.learning.training import LocalTrainConfig, LocalTrainResult
+from workers.learning.local_round import LocalTrainConfig, LocalTrainResult
 
 log = logging.getLogger("fedbus.bench.scale")
 

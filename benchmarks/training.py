@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from benchmarks.machine import min_median_max
 from fedbus.data import DataRequest, Simulation
 from workers.learning.datasets import load_dataset
+from workers.learning.local_round import LocalTrainConfig
 from workers.learning.models import build_model
-from workers.learning.training import LocalTrainConfig, initial_weights, train_local
+from workers.learning.training import initial_weights, train_local
 
 
 def bare_opacus(data_dir: str | None, samples: int, batch: int, device: str) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import types
 import typing
@@ -50,10 +49,14 @@ def event_from_dict(type_name: str, payload: dict[str, Any]) -> Event:
     return cls(**kwargs)
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    """The resolved field types of an event class (resolving them is most of a small event's decode)."""
-    return typing.get_type_hints(cls)
+    """The resolved field types of an event class, kept (resolving them was most of a small event's decode)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _check(type_name: str, name: str, hint: Any, value: Any) -> Any:

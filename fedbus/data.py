@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch.utils.data import Dataset, TensorDataset
 
 from fedbus.errors import DataUnavailable
 from fedbus.partition import partition
@@ -38,10 +37,28 @@ __all__ = [
     "npz_files",
 ]
 
-Samples = Dataset[tuple[torch.Tensor, ...]]
-"""A map-style dataset of (sample, label) tensor pairs, e.g. a TensorDataset."""
-Transform = Callable[[torch.Tensor], torch.Tensor]
-"""Applied to a whole split of samples (float32, N x ...) once, when it is read: e.g. normalization."""
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset, TensorDataset
+
+    Samples = Dataset[tuple[torch.Tensor, ...]]
+    """A map-style dataset of (sample, label) tensor pairs, e.g. a TensorDataset."""
+    Transform = Callable[[torch.Tensor], torch.Tensor]
+    """Applied to a whole split of samples (float32, N x ...) once, when it is read: e.g. normalization."""
+
+
+def __getattr__(name: str) -> Any:
+    """`Samples` and `Transform`, made on first use: importing this module (a client's own process does, to
+    say what it trains on) does not import torch; reading the data does."""
+    if name not in ("Samples", "Transform"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+    from torch.utils.data import Dataset
+
+    aliases = {"Samples": Dataset[tuple[torch.Tensor, ...]], "Transform": Callable[[torch.Tensor], torch.Tensor]}
+    globals().update(aliases)
+    return aliases[name]
+
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -148,6 +165,8 @@ def _folder(folder: str | Path) -> Path:
 
 
 def _npz(path: Path, transform: Transform | None) -> TensorDataset:
+    import torch
+
     try:
         with np.load(path, allow_pickle=False) as arrays:
             missing = sorted({"x", "y"} - set(arrays.files))
@@ -162,6 +181,7 @@ def _npz(path: Path, transform: Transform | None) -> TensorDataset:
 
 
 def _images(split: Path, classes: list[str], transform: Transform | None) -> TensorDataset:
+    import torch
     from PIL import Image, UnidentifiedImageError  # torchvision's own dependency
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -193,6 +213,9 @@ def _images(split: Path, classes: list[str], transform: Transform | None) -> Ten
 
 
 def _dataset(source: Path, x: torch.Tensor, y: torch.Tensor, transform: Transform | None) -> TensorDataset:
+    import torch
+    from torch.utils.data import TensorDataset
+
     if x.ndim < 1 or len(x) == 0:
         raise DataUnavailable(f"{source} holds no samples")
     if y.ndim != 1 or len(y) != len(x):

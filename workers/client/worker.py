@@ -8,7 +8,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -32,8 +32,10 @@ from ops.telemetry import context_of, tracer
 from workers.client.ledger_store import LedgerStore
 from workers.client.trainer import PoolTrainer
 from workers.client.transport import FederationClient, Registration
-from workers.learning.privacy import PrivacyLedger, PrivacyPlan, plan_privacy
-from workers.learning.training import LocalTrainConfig
+from workers.learning.local_round import LocalTrainConfig
+
+if TYPE_CHECKING:  # Opacus (and torch) stay out of the client's own process: its pool plans and accounts
+    from workers.learning.privacy import PrivacyPlan
 
 log = logging.getLogger(__name__)
 _TRACER = tracer("fedbus.client")
@@ -138,9 +140,13 @@ class ClientWorker:
     async def _train_and_upload(self, event: RoundStarted, plan: TrainPlan, memory: RunMemory) -> None:
         privacy, dp = plan.privacy, memory.dp
         if dp is not None:
-            ledger = PrivacyLedger.from_dict(memory.ledger) if memory.ledger else PrivacyLedger(privacy.accountant)
-            after = await asyncio.to_thread(  # RDP curves: CPU work, kept off the event loop
-                ledger.epsilon_after, dp.noise_multiplier, dp.sample_rate, dp.steps_per_round, privacy.delta
+            after = await self._trainer.epsilon_after(  # the accountant's curves: CPU work, in the pool
+                memory.ledger,
+                privacy.accountant,
+                dp.noise_multiplier,
+                dp.sample_rate,
+                dp.steps_per_round,
+                privacy.delta,
             )
             if privacy.exceeded_by(after):
                 log.info("client %s declines round %s: epsilon would reach %.3f", self.client_id, event.round, after)
@@ -242,8 +248,7 @@ class ClientWorker:
             num_samples = await self._trainer.prepare(plan.task, request, private=plan.privacy.enabled)
             dp = None
             if plan.privacy.enabled:
-                dp = await asyncio.to_thread(
-                    plan_privacy,
+                dp = await self._trainer.plan_privacy(
                     target_epsilon=plan.privacy.epsilon,
                     delta=plan.privacy.delta,
                     num_samples=num_samples,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from fedbus.data import DataRequest, LocalData, Samples
 from fedbus.errors import DataUnavailable, TaskError
 from fedbus.loading import load_task
 from fedbus.task import Task, check_private, supervised_step
+from workers.learning.local_round import LocalTrainConfig, LocalTrainResult
 from workers.learning.models import load_numpy, to_numpy
 from workers.learning.privacy import PrivacyLedger
 
@@ -54,38 +54,6 @@ def init_worker(device: str = "cpu") -> None:
     global _process_device
     torch.set_num_threads(1)
     _process_device = check_device(device)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LocalTrainConfig:
-    """What a client needs to train one round; `noise_multiplier` is required when `dp` is on."""
-
-    task: str
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.0
-    dp: bool = True
-    max_grad_norm: float = 1.0
-    noise_multiplier: float | None = None
-    delta: float = 1e-5
-    seed: int = 0
-    device: str | None = None  # None: the process's device (`init_worker`), cpu by default
-    max_steps: int | None = None
-    proximal_mu: float = 0.0  # FedProx: each step is followed by a pull of mu * lr toward the round's model
-    accountant: str = "rdp"  # of a ledger started here (a carried ledger keeps its own)
-
-
-@dataclass(slots=True, kw_only=True)
-class LocalTrainResult:
-    """The update (trained minus base weights) with what the coordinator records about it."""
-
-    delta: TensorDict
-    num_samples: int
-    steps: int
-    metrics: dict[str, float]
-    ledger: dict[str, Any] = field(default_factory=dict)
-    epsilon: float | None = None
 
 
 def _check_config(config: LocalTrainConfig) -> None:

@@ -17,8 +17,9 @@ from flwr.clientapp import ClientApp
 
 from fedbus.data import DataRequest, Simulation
 from fedbus_flower.task import MODEL, PARTITION, from_record, task_from, to_record
+from workers.learning.local_round import LocalTrainConfig
 from workers.learning.privacy import plan_privacy
-from workers.learning.training import LocalTrainConfig, init_worker, local_data, train_local
+from workers.learning.training import init_worker, local_data, train_local
 
 app = ClientApp()
 _STATE = "fedbus"

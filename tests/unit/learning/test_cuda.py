@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fedbus import Simulation
-from workers.learning.training import LocalTrainConfig, check_device, evaluate, initial_weights, train_local
+from workers.learning.local_round import LocalTrainConfig
+from workers.learning.training import check_device, evaluate, initial_weights, train_local
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU here")
 

@@ -17,9 +17,19 @@ def _imported_after(module: str) -> list[str]:
     return result.stdout.split()
 
 
-@pytest.mark.parametrize("module", ["services.roots.client", "services.roots.coordinator", "services.cli.main"])
+@pytest.mark.parametrize(
+    "module", ["services.roots.client", "services.roots.coordinator", "services.cli.main", "workers.client.worker"]
+)
 def test_a_role_reaches_registration_without_importing_torch(module: str) -> None:
     assert _imported_after(module) == []
+
+
+def test_the_public_package_imports_torch_when_a_name_that_needs_it_is_used() -> None:
+    assert _imported_after("fedbus") == []
+    assert _imported_after("fedbus.data") == []
+    code = "import sys, fedbus; fedbus.Task; print('torch' in sys.modules, fedbus.Samples is fedbus.data.Samples)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["True", "True"]
 
 
 def test_the_pool_imports_torch_in_its_workers_only() -> None:

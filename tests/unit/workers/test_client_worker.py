@@ -18,10 +18,11 @@ from contracts.events import RoundStarted
 from contracts.tensor_codec import encode_with_manifest
 from fedbus import DataRequest, DataUnavailable, TaskError
 from workers.client.ledger_store import LedgerStore
+from workers.client.trainer import PoolTrainer
 from workers.client.transport import Registration
 from workers.client.worker import ClientWorker
+from workers.learning.local_round import LocalTrainConfig, LocalTrainResult
 from workers.learning.privacy import PrivacyLedger, plan_privacy
-from workers.learning.training import LocalTrainConfig, LocalTrainResult
 
 MODEL = {"w": np.zeros((2, 2), dtype=np.float32)}
 DATA, MANIFEST = encode_with_manifest(MODEL)
@@ -42,10 +43,12 @@ class RecordingTransport:
         self.declines.append((run_id, round_, reason))
 
 
-class FixedTrainer:
-    """500 training samples (the simulated half of train_limit 1000), or `failure` when preparing."""
+class FixedTrainer(PoolTrainer):
+    """500 training samples (the simulated half of train_limit 1000), or `failure` when preparing; privacy is
+    planned and accounted by PoolTrainer's own functions, in threads."""
 
     def __init__(self, failure: Exception | None = None) -> None:
+        super().__init__(None)
         self.calls: list[LocalTrainConfig] = []
         self.requests: list[DataRequest] = []
         self.failure = failure
