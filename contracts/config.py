@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from contracts.catalog import AGGREGATORS, FEDAVG, KRUM, MNIST_DP_CNN, MODELS, check_task_ref
+from contracts.checks import check_int, check_range
 from contracts.compression import parse_compression
 from contracts.errors import ConfigError
 from contracts.strategy import StrategyConfig
+from contracts.user_privacy import UserPrivacyConfig
 
 # The partition schemes fedbus/partition.py splits by, with ASCII digits only: what this accepts,
 # the learning code accepts too (it also strips blanks and takes other digits; the contract is stricter).
@@ -20,22 +21,6 @@ PARTITIONS_ALLOWED: Final = "iid, dirichlet:<alpha>, shards:<k>"
 MAX_DIRICHLET_ALPHA: Final = 1e6
 MAX_SHARDS_PER_CLIENT: Final = 100_000
 ACCOUNTANTS: Final = ("rdp", "prv")
-
-
-def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    # Only floats can be NaN; math.isnan(int) converts to float and overflows past 1e308.
-    nan = isinstance(value, float) and math.isnan(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or nan:
-        raise ConfigError(name, f"must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r:.100}")
-    below = value <= low if low_open else value < low
-    if below or value > high:
-        raise ConfigError(name, f"must be in {'(' if low_open else '['}{low}, {high}], got {value!r:.100}")
-
-
-def _check_int(name: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {value!r:.100}")
-    _check_range(name, value, low, high)
 
 
 def check_partition(scheme: str) -> None:
@@ -68,9 +53,9 @@ class PrivacyConfig:
             allowed = ", ".join(ACCOUNTANTS)
             raise ConfigError("privacy.accountant", f"must be one of {allowed}, got {self.accountant!r:.100}")
         if self.enabled:
-            _check_range("privacy.epsilon", self.epsilon, 0.0, 1000.0, low_open=True)
-            _check_range("privacy.delta", self.delta, 0.0, 0.1, low_open=True)
-        _check_range("privacy.max_grad_norm", self.max_grad_norm, 0.0, 1e6, low_open=True)
+            check_range("privacy.epsilon", self.epsilon, 0.0, 1000.0, low_open=True)
+            check_range("privacy.delta", self.delta, 0.0, 0.1, low_open=True)
+        check_range("privacy.max_grad_norm", self.max_grad_norm, 0.0, 1e6, low_open=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,36 +85,36 @@ class RoundConfig:
     max_sample_weight: int | None = None  # fedavg caps each client's num_samples weight at this
 
     def __post_init__(self) -> None:
-        _check_range("round.clients_per_round", self.clients_per_round, 0.0, 1.0, low_open=True)
-        _check_range("round.quorum", self.quorum, 0.0, 1.0, low_open=True)
-        _check_int("round.min_updates", self.min_updates, 1, 100_000)
-        _check_range("round.timeout_s", self.timeout_s, 0.0, 86_400.0, low_open=True)
-        _check_range("round.grace_s", self.grace_s, 0.0, 3_600.0)
-        _check_range("round.aggregation_timeout_s", self.aggregation_timeout_s, 0.0, 86_400.0, low_open=True)
-        _check_int("round.max_attempts", self.max_attempts, 1, 100)
-        _check_int("round.local_epochs", self.local_epochs, 1, 1000)
-        _check_int("round.batch_size", self.batch_size, 1, 65_536)
-        _check_range("round.lr", self.lr, 0.0, 100.0, low_open=True)
-        _check_range("round.momentum", self.momentum, 0.0, 0.999)
+        check_range("round.clients_per_round", self.clients_per_round, 0.0, 1.0, low_open=True)
+        check_range("round.quorum", self.quorum, 0.0, 1.0, low_open=True)
+        check_int("round.min_updates", self.min_updates, 1, 100_000)
+        check_range("round.timeout_s", self.timeout_s, 0.0, 86_400.0, low_open=True)
+        check_range("round.grace_s", self.grace_s, 0.0, 3_600.0)
+        check_range("round.aggregation_timeout_s", self.aggregation_timeout_s, 0.0, 86_400.0, low_open=True)
+        check_int("round.max_attempts", self.max_attempts, 1, 100)
+        check_int("round.local_epochs", self.local_epochs, 1, 1000)
+        check_int("round.batch_size", self.batch_size, 1, 65_536)
+        check_range("round.lr", self.lr, 0.0, 100.0, low_open=True)
+        check_range("round.momentum", self.momentum, 0.0, 0.999)
         if self.max_update_norm is not None:
-            _check_range("round.max_update_norm", self.max_update_norm, 0.0, 1e9, low_open=True)
+            check_range("round.max_update_norm", self.max_update_norm, 0.0, 1e9, low_open=True)
         if self.max_update_norm_ratio is not None:
-            _check_range("round.max_update_norm_ratio", self.max_update_norm_ratio, 0.0, 1e6, low_open=True)
-        _check_int("round.max_update_bytes", self.max_update_bytes, 1024, 4 << 30)
+            check_range("round.max_update_norm_ratio", self.max_update_norm_ratio, 0.0, 1e6, low_open=True)
+        check_int("round.max_update_bytes", self.max_update_bytes, 1024, 4 << 30)
         self._check_aggregation()
 
     def _check_aggregation(self) -> None:
         if self.aggregator not in AGGREGATORS:
             allowed = ", ".join(AGGREGATORS)
             raise ConfigError("round.aggregator", f"unknown aggregator {self.aggregator!r:.100}; allowed: {allowed}")
-        _check_int("round.byzantine_f", self.byzantine_f, 0, 100_000)
-        _check_range("round.trim_fraction", self.trim_fraction, 0.0, 0.5)
+        check_int("round.byzantine_f", self.byzantine_f, 0, 100_000)
+        check_range("round.trim_fraction", self.trim_fraction, 0.0, 0.5)
         if self.trim_fraction >= 0.5:
             raise ConfigError("round.trim_fraction", f"must be in [0, 0.5), got {self.trim_fraction!r}")
         if self.clip_norm is not None:
-            _check_range("round.clip_norm", self.clip_norm, 0.0, 1e9, low_open=True)
+            check_range("round.clip_norm", self.clip_norm, 0.0, 1e9, low_open=True)
         if self.max_sample_weight is not None:
-            _check_int("round.max_sample_weight", self.max_sample_weight, 1, 10_000_000)
+            check_int("round.max_sample_weight", self.max_sample_weight, 1, 10_000_000)
         if self.aggregator == KRUM and self.min_updates < 2 * self.byzantine_f + 3:
             needed, f = 2 * self.byzantine_f + 3, self.byzantine_f
             detail = f"must be >= 2 * byzantine_f + 3 = {needed} for krum with byzantine_f={f}, got {self.min_updates}"
@@ -162,6 +147,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     round: RoundConfig = field(default_factory=RoundConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    user_privacy: UserPrivacyConfig = field(default_factory=UserPrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.init_model is not None and not (
@@ -176,17 +162,24 @@ class RunConfig:
         check_task_ref(self.task)
         check_partition(self.partition)
         parse_compression(self.compression)
-        _check_int("clients", self.clients, 1, 100_000)
-        _check_int("rounds", self.rounds, 1, 100_000)
-        _check_int("seed", self.seed, 0, 2**31 - 1)
+        check_int("clients", self.clients, 1, 100_000)
+        check_int("rounds", self.rounds, 1, 100_000)
+        check_int("seed", self.seed, 0, 2**31 - 1)
         if self.target_accuracy is not None:
-            _check_range("target_accuracy", self.target_accuracy, 0.0, 1.0, low_open=True)
-        _check_int("patience", self.patience, 0, 100_000)
-        _check_range("min_delta", self.min_delta, 0.0, 1.0)
+            check_range("target_accuracy", self.target_accuracy, 0.0, 1.0, low_open=True)
+        check_int("patience", self.patience, 0, 100_000)
+        check_range("min_delta", self.min_delta, 0.0, 1.0)
         if self.eval_limit is not None:
-            _check_int("eval_limit", self.eval_limit, 1, 10_000_000)
+            check_int("eval_limit", self.eval_limit, 1, 10_000_000)
         if self.train_limit is not None:
-            _check_int("train_limit", self.train_limit, self.clients, 10_000_000)
+            check_int("train_limit", self.train_limit, self.clients, 10_000_000)
+        rules = self.round
+        self.user_privacy.check_against(
+            clients=self.clients,
+            aggregator=rules.aggregator,
+            clip_norm=rules.clip_norm,
+            clients_per_round=rules.clients_per_round,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "strategy": self.strategy.to_dict()}
@@ -196,12 +189,14 @@ class RunConfig:
         """Build from plain data (TOML, JSON, an event); unknown keys are errors naming the key.
 
         Configs written before tasks (``model`` and ``dataset``, e.g. in an older event log) read as the
-        built-in task of that model."""
+        built-in task of that model; those written before ``user_privacy`` have it off."""
         data = upcast_task(data)
         privacy = _section(PrivacyConfig, "privacy", data.pop("privacy", {}))
         round_ = _section(RoundConfig, "round", data.pop("round", {}))
         strategy = StrategyConfig.from_dict(data.pop("strategy", {}))
-        config: RunConfig = _build(cls, "", {**data, "privacy": privacy, "round": round_, "strategy": strategy})
+        user_privacy = _section(UserPrivacyConfig, "user_privacy", data.pop("user_privacy", {}))
+        sections = {"privacy": privacy, "round": round_, "strategy": strategy, "user_privacy": user_privacy}
+        config: RunConfig = _build(cls, "", {**data, **sections})
         return config
 
 

@@ -40,8 +40,17 @@ class ClientEvicted:
     reason: str
 
 
+# How a round's cohort was drawn, RoundStarted.sampling["kind"]: a fixed-size sample (`round.clients_per_round`)
+# or Poisson sampling (user-level DP: each of `population` eligible clients independently at `rate`).
+SAMPLING_FIXED: Final = "fixed"
+SAMPLING_POISSON: Final = "poisson"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoundStarted:
+    """A round's attempt opened for `selected`. `sampling` says how they were drawn, e.g.
+    ``{"kind": "poisson", "rate": 0.1, "population": 240}``; events written before it decode with it empty."""
+
     run_id: str
     round: int
     attempt: int
@@ -50,6 +59,7 @@ class RoundStarted:
     selected: tuple[str, ...]
     deadline: float
     train: JsonDict
+    sampling: JsonDict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +112,7 @@ class QuorumReached:
     sample_counts: tuple[int, ...] = ()
     train_loss: float = 0.0  # the updates' reported training loss, weighted by sample count
     server_state: str = ""  # digest of the strategy's state blob after the last aggregated round ("": none yet)
+    sampling: JsonDict = field(default_factory=dict)  # the round's RoundStarted.sampling: user-level DP needs it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +134,9 @@ class RoundFailed:
     round: int
     attempt: int
     reason: str
+
+
+RUN_BUDGET: Final = "budget"  # RunCompleted.reason when privacy budgets end a run (the clients', or user-level)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

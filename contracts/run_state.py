@@ -18,6 +18,7 @@ from contracts.events import (
     DECLINE_PRIVACY_BUDGET,
     ClientDeclined,
     Event,
+    JsonDict,
     ModelInitialized,
     QuorumReached,
     RoundAggregated,
@@ -29,6 +30,13 @@ from contracts.events import (
     UpdateRejected,
 )
 from contracts.update_validation import DAMAGED_IN_TRANSIT
+from contracts.user_privacy import (
+    USER_CLIP_NORM,
+    USER_EPSILON,
+    USER_EPSILON_AMPLIFIED,
+    USER_EPSILON_NEXT,
+    USER_EPSILON_REASON,
+)
 
 
 def quorum_size(selected: int, quorum: float, min_updates: int) -> int:
@@ -64,6 +72,10 @@ class RoundSummary:
     aggregate_s: float
     federated: FederatedEvaluation | None = None  # the round's cohort on the model it started from
     central: bool = True  # the aggregator evaluated the new model (accuracy and loss are 0.0 when not)
+    user_epsilon: float | None = None  # user-level DP: what the released models have spent (None: off)
+    user_epsilon_amplified: bool | None = None  # ... whether that counts the sampling's amplification
+    user_epsilon_reason: str | None = None  # ... and why it does or does not
+    user_clip_norm: float | None = None  # ... and the clip norm this round used
 
     @property
     def federated_accuracy(self) -> float | None:
@@ -79,6 +91,7 @@ class RoundState:
     selected: tuple[str, ...]
     deadline: float
     started_at: float
+    sampling: JsonDict = field(default_factory=dict)  # how `selected` was drawn (RoundStarted.sampling)
     accepted: dict[str, AcceptedUpdate] = field(default_factory=dict)  # client_id -> on-time update
     late: dict[str, AcceptedUpdate] = field(default_factory=dict)
     rejected: set[str] = field(default_factory=set)
@@ -117,6 +130,7 @@ class RunState:
     first_started: dict[int, float] = field(default_factory=dict)  # round -> when its first attempt started
     epsilon: float | None = None  # the most any accepted update declared
     server_state: str = ""  # the strategy state the latest aggregated round left (a blob digest)
+    user_epsilon_next: float | None = None  # user-level DP: the epsilon one more round would bring (aggregator's)
     summaries: list[RoundSummary] = field(default_factory=list)
 
     @property
@@ -147,6 +161,7 @@ class RunState:
             case RoundAggregated(model_version=v, model_digest=d):
                 self.models[v] = d
                 self.server_state = event.server_state
+                self.user_epsilon_next = _number_or_none(event.metrics.get(USER_EPSILON_NEXT))
                 self.accuracies.append(float(event.metrics.get("accuracy", 0.0)))
                 if self.current is not None and self.current.round == event.round:
                     self.current.aggregated = True
@@ -161,6 +176,7 @@ class RunState:
                     selected=event.selected,
                     deadline=event.deadline,
                     started_at=occurred_at,
+                    sampling=dict(event.sampling),
                     traceparent=traceparent,
                 )
             case UpdateAccepted() if self._is_current(event.round):
@@ -225,6 +241,12 @@ class RunState:
             aggregate_s=event.duration_s,
             federated=federated_evaluation(current.model_version, current.evaluations) if current else None,
             central="accuracy" in event.metrics or "loss" in event.metrics,
+            user_epsilon=_number_or_none(event.metrics.get(USER_EPSILON)),
+            user_epsilon_amplified=amplified
+            if isinstance(amplified := event.metrics.get(USER_EPSILON_AMPLIFIED), bool)
+            else None,
+            user_epsilon_reason=reason if isinstance(reason := event.metrics.get(USER_EPSILON_REASON), str) else None,
+            user_clip_norm=_number_or_none(event.metrics.get(USER_CLIP_NORM)),
         )
 
     def _is_current(self, round_: int) -> bool:
@@ -236,6 +258,13 @@ class RunState:
         if current is None or current.round != round_ or attempt == 0:
             return False  # attempt 0: recorded before outcomes named their attempt
         return attempt != current.attempt or current.failed
+
+
+def _number_or_none(value: object) -> float | None:
+    """A metric as a float; None when absent or not a number (a metric is whatever an aggregator wrote)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def state_from_created(event: RunCreated, occurred_at: float | None = None) -> RunState:

@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.checks import BUDGET_TOLERANCE
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig, upcast_task
 from contracts.errors import CodecError, ConfigError
 from contracts.strategy import FEDPROX, StrategyConfig
 
 __all__ = ["BUDGET_TOLERANCE", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy"]
 
-BUDGET_TOLERANCE = 1e-6  # relative: what an accountant's rounding may add to a budget exactly spent
 _PLAN_KEYS = frozenset(
     {
         *("task", "partition", "seed", "rounds"),

@@ -20,6 +20,7 @@ from contracts.envelope import Envelope
 from contracts.errors import ConcurrencyConflict
 from contracts.events import ClientEvicted, RunCompleted, RunCreated
 from contracts.streams import client_stream, run_stream
+from contracts.user_privacy import UserPrivacyConfig
 from services.api.database import ApiDatabase, Store
 from services.api.errors import BadRequest, Conflict
 from services.api.params import checked_id, checked_text, json_object
@@ -52,7 +53,7 @@ def _check_types(cls: type[Any], prefix: str, data: dict[str, Any]) -> None:
 def parse_run_config(body: dict[str, Any]) -> RunConfig:
     """A RunConfig from a partial RunConfig.to_dict(); ConfigError (-> 400 naming the field) when invalid."""
     _check_types(RunConfig, "", body)
-    for name, cls in (("privacy", PrivacyConfig), ("round", RoundConfig)):
+    for name, cls in (("privacy", PrivacyConfig), ("round", RoundConfig), ("user_privacy", UserPrivacyConfig)):
         if isinstance(body.get(name), dict):
             _check_types(cls, f"{name}.", body[name])
     config = RunConfig.from_dict(body)

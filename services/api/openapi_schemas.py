@@ -244,6 +244,23 @@ SCHEMAS: Final[Json] = {
                     "max_update_bytes": {"type": "integer", "minimum": 1024, "maximum": 4294967296},
                 },
             },
+            "user_privacy": {
+                "type": "object",
+                "description": "user-level DP-FedAvg with adaptive clipping (docs/privacy.md); off by default",
+                "additionalProperties": False,
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "noise_multiplier": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+                    "clip_norm": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e9},
+                    "adaptive": {"type": "boolean"},
+                    "target_quantile": {"type": "number", "minimum": 0, "maximum": 1},
+                    "clip_lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+                    "clip_count_stddev": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e9},
+                    "sample_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "delta": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.1},
+                    "epsilon": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1000},
+                },
+            },
             "strategy": {
                 "type": "object",
                 "description": "the server step and its options (server_lr, momentum, beta1, beta2, tau, "

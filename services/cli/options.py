@@ -65,6 +65,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--epsilon", type=float, help="target epsilon per client over the run (default 3)")
     add("--delta", type=float, help="target delta (default 1e-5)")
     add("--no-dp", action="store_true", help="train without differential privacy")
+    add(
+        "--user-dp",
+        action="store_true",
+        help="user-level DP-FedAvg at the aggregator too (its options in the TOML's [run.user_privacy] table)",
+    )
     add("--max-grad-norm", type=float, help="per-sample clipping bound (default 1.0)")
     add("--accountant", help="rdp (default) or prv (tighter: less noise for the same budget)")
     add("--compression", help="fp32, fp16, int8, topk:<f>[+int8|+fp16] (default int8)")
@@ -112,6 +117,11 @@ def config_from(args: argparse.Namespace) -> RunConfig:
             data[section][key] = value
     if getattr(args, "no_dp", False):
         data["privacy"]["enabled"] = False
+    if getattr(args, "user_dp", False):
+        user = data.setdefault("user_privacy", {})
+        if not isinstance(user, dict):
+            raise ConfigError("user_privacy", "must be a table of options")
+        user["enabled"] = True
     return RunConfig.from_dict(data)
 
 

@@ -91,7 +91,11 @@ def summary(
         "epsilon": last.epsilon if last else None,
         "delta": config.privacy.delta if config.privacy.enabled else None,
         "dp": config.privacy.enabled,
-        "accountant": config.privacy.accountant if config.privacy.enabled else None,
+        "accountant": config.privacy.accountant if config.privacy.enabled or config.user_privacy.enabled else None,
+        "user_dp": config.user_privacy.enabled,
+        "user_epsilon": last.user_epsilon if last else None,
+        "user_delta": config.user_privacy.delta if config.user_privacy.enabled else None,
+        "privacy": privacy_levels(config, last),
         "wall_seconds": round(wall_seconds, 2),
         "clients": config.clients,
         "task": config.task,
@@ -100,4 +104,31 @@ def summary(
         "bytes_sent": sum(r.bytes_sent for r in rows),
         "compression_ratio": (sum(r.raw_bytes for r in rows) / max(1, sum(r.bytes_sent for r in rows))),
         "config": config.to_dict(),
+    }
+
+
+def privacy_levels(config: RunConfig, last: RoundSummary | None) -> dict[str, Any]:
+    """Both privacy levels a run may have, accounted with the run's one accountant (`privacy.accountant`)."""
+    record, user = config.privacy, config.user_privacy
+    return {
+        "accountant": record.accountant,
+        "record_level": {
+            "enabled": record.enabled,
+            "protects": "one training example of a client (DP-SGD at each client)",
+            "epsilon": last.epsilon if last and record.enabled else None,  # the most any client spent
+            "target_epsilon": record.epsilon if record.enabled else None,
+            "delta": record.delta if record.enabled else None,
+        },
+        "user_level": {
+            "enabled": user.enabled,
+            "protects": "all of one client's data (DP-FedAvg at the aggregator)",
+            "epsilon": last.user_epsilon if last else None,
+            "budget_epsilon": user.epsilon if user.enabled else None,
+            "delta": user.delta if user.enabled else None,
+            "amplified": last.user_epsilon_amplified if last else None,
+            "reason": last.user_epsilon_reason if last else None,
+            "sample_rate": user.sample_rate if user.enabled else None,
+            "noise_multiplier": user.noise_multiplier if user.enabled else None,
+            "clip_norm": last.user_clip_norm if last else None,  # the last round's
+        },
     }

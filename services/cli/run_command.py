@@ -93,6 +93,7 @@ class ProgressPrinter:
                 + (f"accuracy {row.accuracy:.4f}  loss {row.loss:.4f}  " if row.central else "")
                 + (f"federated accuracy {row.federated_accuracy:.4f}  " if row.federated_accuracy is not None else "")
                 + (f"epsilon {row.epsilon:.3f}  " if row.epsilon is not None else "no DP  ")
+                + (f"user epsilon {row.user_epsilon:.3f}  " if row.user_epsilon is not None else "")
                 + f"updates {row.updates}  sent {row.bytes_sent / 1024:.1f} KiB  ratio {row.compression_ratio:.2f}x  "
                 f"({row.aggregate_s:.1f}s aggregate)"
             )
@@ -154,6 +155,16 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_rows(report: dict[str, object]) -> list[tuple[str, str]]:
+    if not report.get("user_dp"):
+        return []
+    epsilon = report["user_epsilon"]
+    return [
+        ("user-level epsilon", f"{epsilon:.3f}" if isinstance(epsilon, float) else "-"),
+        ("user-level delta", str(report["user_delta"])),
+    ]
+
+
 def _print_summary(console: Console, report: dict[str, object]) -> None:
     table = Table(title="fedbus run summary")
     table.add_column("what")
@@ -167,6 +178,7 @@ def _print_summary(console: Console, report: dict[str, object]) -> None:
         ("final test accuracy", f"{accuracy:.4f}" if isinstance(accuracy, float) else "-"),
         ("epsilon (max over clients)", f"{epsilon:.3f}" if isinstance(epsilon, float) else "no DP"),
         ("delta", str(report["delta"])),
+        *_user_rows(report),
         ("bytes sent", f"{report['bytes_sent']:,}"),
         ("compression ratio", f"{report['compression_ratio']:.2f}x"),
         ("wall time", f"{report['wall_seconds']} s"),

@@ -12,9 +12,13 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contracts.config import RunConfig
 from contracts.events import (
+    SAMPLING_FIXED,
+    SAMPLING_POISSON,
     ClientDeclined,
     Event,
+    JsonDict,
     QuorumReached,
     RoundFailed,
     RoundStarted,
@@ -27,7 +31,15 @@ from contracts.train_plan import plan_for, plan_privacy
 from contracts.update_validation import RejectReason
 from contracts.uploads import UploadHeader
 from services.coordinator.errors import NoRoundOpen, UploadRefused
-from services.coordinator.rules import RoundDecision, StopReason, close_decision, convergence, select_clients
+from services.coordinator.rules import (
+    RoundDecision,
+    StopReason,
+    close_decision,
+    convergence,
+    poisson_sample,
+    select_clients,
+    user_budget_reached,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +82,7 @@ def due(run: RunState, pool: ClientPool, now: float) -> list[Event]:
                 sample_counts=tuple(u.num_samples for u in accepted),
                 train_loss=sum(u.loss * u.num_samples for u in accepted) / max(1, samples),
                 server_state=run.server_state,
+                sampling=current.sampling,
             )
         ]
     if decision is RoundDecision.FAIL:
@@ -211,22 +224,37 @@ def _start_round(run: RunState, pool: ClientPool, now: float, round_: int, attem
         # Everyone left has spent their budget: the run is over. No client at all: wait for one.
         return [_completed(run, StopReason.BUDGET)] if pool.active else []
     config = run.config
-    selected = select_clients(
-        eligible, config.round.clients_per_round, seed=config.seed, round_=round_, attempt=attempt
-    )
+    if user_budget_reached(run.user_epsilon_next, config):
+        return [_completed(run, StopReason.BUDGET)]
+    selected, sampling = _cohort(config, eligible, round_, attempt)
     plan = plan_for(config)
-    return [
-        RoundStarted(
-            run_id=run.run_id,
-            round=round_,
-            attempt=attempt,
-            model_version=version,
-            model_digest=digest,
-            selected=selected,
-            deadline=now + config.round.timeout_s,
-            train=plan.to_dict(),
-        )
-    ]
+    started = RoundStarted(
+        run_id=run.run_id,
+        round=round_,
+        attempt=attempt,
+        model_version=version,
+        model_digest=digest,
+        selected=selected,
+        deadline=now + config.round.timeout_s,
+        train=plan.to_dict(),
+        sampling=sampling,
+    )
+    # An empty Poisson sample is a round like any other for the accountant: it closes at once, and the
+    # aggregator's step is noise only. Drawing again instead would condition the sample on being non-empty,
+    # which is no Poisson sample any more, and the amplification would not hold.
+    return then(run, [started], pool, now) if not selected else [started]
+
+
+def _cohort(config: RunConfig, eligible: list[str], round_: int, attempt: int) -> tuple[tuple[str, ...], JsonDict]:
+    """Who is selected, and how they were drawn (RoundStarted.sampling)."""
+    seed = config.seed
+    if config.user_privacy.enabled:
+        rate = config.user_privacy.sample_rate
+        selected = poisson_sample(eligible, rate, seed=seed, round_=round_, attempt=attempt)
+        return selected, {"kind": SAMPLING_POISSON, "rate": rate, "population": len(eligible)}
+    fraction = config.round.clients_per_round
+    selected = select_clients(eligible, fraction, seed=seed, round_=round_, attempt=attempt)
+    return selected, {"kind": SAMPLING_FIXED, "fraction": fraction, "population": len(eligible)}
 
 
 def _completed(run: RunState, reason: StopReason) -> RunCompleted:

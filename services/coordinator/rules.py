@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 from contracts.config import RunConfig
+from contracts.events import RUN_BUDGET
 from contracts.run_state import RoundState, quorum_size
 
 
@@ -15,7 +16,7 @@ class StopReason(StrEnum):
     TARGET = "target"
     CONVERGED = "converged"
     MAX_ROUNDS = "max_rounds"
-    BUDGET = "budget"
+    BUDGET = RUN_BUDGET
     FAILED = "failed"
     STOPPED = "stopped"
 
@@ -28,6 +29,19 @@ def select_clients(
     count = max(1, math.ceil(fraction * len(pool))) if pool else 0
     rng = random.Random(f"{seed}:{round_}:{attempt}")
     return tuple(sorted(rng.sample(pool, count)))
+
+
+def poisson_sample(eligible: Sequence[str], rate: float, *, seed: int, round_: int, attempt: int) -> tuple[str, ...]:
+    """Each eligible client independently with probability `rate`, seeded per round and attempt: the sampling
+    user-level DP's amplification assumes. The sample may be empty; it is as reproducible as the seed is known."""
+    rng = random.Random(f"poisson:{seed}:{round_}:{attempt}")
+    return tuple(client for client in sorted(eligible) if rng.random() < rate)
+
+
+def user_budget_reached(epsilon_next: float | None, config: RunConfig) -> bool:
+    """Whether the next round would take the user-level epsilon past `user_privacy.epsilon` (the aggregator
+    reports that figure with each round; None before the first)."""
+    return epsilon_next is not None and config.user_privacy.exceeded_by(epsilon_next)
 
 
 class RoundDecision(StrEnum):

@@ -56,6 +56,7 @@ SAMPLE_EVENTS: list[Event] = [
         selected=("c1", "c2"),
         deadline=1700000030.5,
         train={"epochs": 1, "batch_size": 32},
+        sampling={"kind": "poisson", "rate": 0.25, "population": 8},
     ),
     UpdateAccepted(
         run_id="r1",

@@ -1,6 +1,6 @@
 """A stateful strategy (FedAdam) over separate processes: its server state outlives an aggregator killed with
 SIGKILL and a coordinator restart, because it is a blob named by each RoundAggregated and handed to the next
-QuorumReached, never memory of one process."""
+QuorumReached, never memory of one process. User-level DP's adaptive clip norm travels the same way."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from contracts.events import Event, QuorumReached, RoundAggregated, RunCompleted
 from contracts.tensor_codec import decode_tensors
 from tests.deployed.world import Deployment, of_type
 from workers.learning.strategies import STEP
+from workers.learning.user_privacy import CLIP_NORM, ROUNDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.deployed, pytest.mark.timeout(900)]
 
@@ -51,3 +52,36 @@ def test_fedadam_state_survives_an_aggregator_kill_and_a_coordinator_restart(dep
     assert steps == {1: 1.0, 2: 2.0, 3: 3.0}  # each round took up the state the one before left
     quorums = {e.round: e.server_state for e in of_type(events, QuorumReached)}
     assert quorums[1] == "" and quorums[2] == rounds[0].server_state and quorums[3] == rounds[1].server_state
+
+
+async def kill_after_round_one(deployment: Deployment) -> tuple[list[Event], dict[int, dict[str, float]]]:
+    async with deployment.run_log() as log:
+        await log.until(aggregated(1), what="round 1 aggregated")
+        deployment.fleet["aggregator-a"].kill()
+        events = await log.until(lambda e: bool(of_type(e, RunCompleted)), what="RunCompleted", within=400)
+        kept = {}
+        for done in of_type(events, RoundAggregated):
+            state = decode_tensors(await log.event_log.get_blob(done.server_state))
+            kept[done.round] = {"clip_norm": float(state[CLIP_NORM][0]), "rounds": float(state[ROUNDS][0])}
+    return events, kept
+
+
+def test_the_adaptive_clip_norm_survives_an_aggregator_kill(deployment: Deployment) -> None:
+    user_privacy = {"enabled": True, "noise_multiplier": 0.5, "clip_norm": 0.3, "clip_count_stddev": 1.0}
+    deployment.write_config(clients=2, rounds=2, user_privacy=user_privacy, strategy={"name": "fedavgm"})
+    deployment.start_coordinator()
+    deployment.start_aggregator("aggregator-a")
+    deployment.start_aggregator("aggregator-b")
+    for i in range(2):
+        deployment.start_client(f"client-{i}")
+
+    events, kept = asyncio.run(kill_after_round_one(deployment))
+
+    assert of_type(events, RunCompleted)[0].reason == "max_rounds"
+    first, second = of_type(events, RoundAggregated)
+    assert first.metrics["user_clip_norm"] == 0.3  # the configured start
+    assert kept[1]["clip_norm"] == first.metrics["user_next_clip_norm"] != 0.3
+    # whichever aggregator took round 2 (the killed one's queue share went to the other) clipped to round 1's C
+    assert second.metrics["user_clip_norm"] == kept[1]["clip_norm"] and kept[2]["rounds"] == 2.0
+    assert second.metrics["user_epsilon"] > first.metrics["user_epsilon"] > 0
+    assert [e.sampling["kind"] for e in of_type(events, QuorumReached)] == ["poisson", "poisson"]

@@ -17,6 +17,7 @@ import pytest
 from contracts.errors import ConfigError
 from services.cli.new_command import scaffold
 from services.cli.options import add_client_data_option, add_run_options, config_from
+from workers.aggregator.user_dp import first_round_epsilon
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -173,3 +174,27 @@ def test_client_data_in_a_file_without_a_run_table_and_its_errors(tmp_path: Path
         with pytest.raises(ConfigError, match=message) as raised:
             config_from(_args("--config", str(config)))
         assert raised.value.field == "client_data"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("**/*.toml")), ids=lambda p: str(p.relative_to(EXAMPLES)))
+def test_every_example_config_builds_a_run_config_as_fedbus_run_reads_it(path: Path) -> None:
+    config = config_from(_args("--config", str(path)))
+
+    assert config.rounds >= 1
+
+
+def test_the_user_dp_example_runs_user_level_dp_within_its_budget() -> None:
+    config = config_from(_args("--config", str(EXAMPLES / "user_dp.toml")))
+
+    dp = config.user_privacy
+    assert dp.enabled and dp.sample_rate < 1 and config.privacy.enabled
+    assert dp.epsilon is not None and not dp.exceeded_by(first_round_epsilon(config))  # the aggregator starts it
+
+
+def test_the_user_dp_flag_switches_user_level_dp_on_and_small_federations_are_told_what_to_change() -> None:
+    assert config_from(_args("--user-dp", "--clients", "1000")).user_privacy.enabled
+
+    with pytest.raises(ConfigError) as raised:
+        config_from(_args("--user-dp"))  # 10 clients: the default count noise leaves the sum no share of z
+
+    assert raised.value.field == "user_privacy.noise_multiplier" and "clip_count_stddev" in raised.value.message

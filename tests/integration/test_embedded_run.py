@@ -112,3 +112,39 @@ def test_run_serve_exposes_the_api_on_the_live_sqlite_log(tmp_path: Path) -> Non
 
     assert runs and runs[0]["run_id"].startswith("run-"), stderr  # type: ignore[union-attr]
     assert process.returncode == 0, stderr
+
+
+USER_DP_TOML = """
+[run]
+clients = 4
+rounds = 2
+train_limit = 2000
+eval_limit = 500
+
+[run.round]
+lr = 0.5
+
+[run.user_privacy]
+enabled = true
+noise_multiplier = 0.8
+clip_norm = 0.5
+clip_count_stddev = 1.0
+sample_rate = 1.0
+"""
+
+
+def test_a_run_with_user_level_dp_reports_both_privacy_levels(tmp_path: Path) -> None:
+    config, out = tmp_path / "user_dp.toml", tmp_path / "run"
+    config.write_text(USER_DP_TOML)
+
+    done = fedbus("run", "--config", str(config), "--out", str(out), timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rounds = json.loads((out / "metrics.json").read_text())
+    assert summary["rounds"] == 2 and summary["user_dp"] is True and summary["dp"] is True
+    user, record = summary["privacy"]["user_level"], summary["privacy"]["record_level"]
+    assert 0 < rounds[0]["user_epsilon"] < rounds[1]["user_epsilon"] == summary["user_epsilon"] == user["epsilon"]
+    assert user["amplified"] is True and user["delta"] == 1e-5 and summary["privacy"]["accountant"] == "rdp"
+    assert 0 < record["epsilon"] <= 3.0  # the clients' DP-SGD is reported as before
+    assert rounds[0]["user_clip_norm"] == 0.5 and rounds[1]["user_clip_norm"] != 0.5  # adaptive clipping moved it

@@ -1,5 +1,6 @@
 """The aggregator worker: builds the initial model on RunCreated; on QuorumReached combines the round's
-updates (`round.aggregator`) and applies the run's strategy's server step (`workers.learning.strategies`).
+updates (`round.aggregator`, or user-level DP-FedAvg: `user_dp.py`) and applies the run's strategy's server
+step (`workers.learning.strategies`).
 
 Idempotent: the inbox claim commits in the same transaction as the new model, the strategy's state and the
 event, so a redelivered QuorumReached (after a crash before the ack) changes nothing.
@@ -10,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
+
+import numpy as np
 
 from contracts.compression import decompress_update
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
 from contracts.errors import CodecError, ConfigError, NotFound
 from contracts.events import (
+    RUN_BUDGET,
     ModelInitialized,
     QuorumReached,
     RoundAggregated,
@@ -30,6 +35,7 @@ from fedbus.errors import DataUnavailable, TaskError
 from ops.metrics import FedbusMetrics
 from ops.telemetry import context_of, current_traceparent, tracer
 from workers.aggregator.evaluator import PoolEvaluator
+from workers.aggregator.user_dp import UserLevelRound, first_round_epsilon
 from workers.learning.robust import aggregator_for
 from workers.learning.strategies import server_step
 
@@ -51,8 +57,12 @@ class AggregatorWorker:
         *,
         max_weight: float | None = None,
         metrics: FedbusMetrics | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self._log = log_
+        # User-level DP's noise: OS entropy unless a test injects a seeded generator. Noise anyone could
+        # reproduce from the log could be subtracted again.
+        self._rng = rng if rng is not None else np.random.default_rng()
         self._metrics = metrics
         self._evaluator = evaluator
         self._max_weight = max_weight
@@ -79,18 +89,17 @@ class AggregatorWorker:
         if any(isinstance(r.envelope.event, ModelInitialized) for r in history):
             return
         config = RunConfig.from_dict(event.config)
+        if await self._past_user_budget(config):
+            log.error("run %s cannot start: one round would pass its user-level epsilon budget", event.run_id)
+            await self._end_run(envelope, RunCompleted(run_id=event.run_id, reason=RUN_BUDGET, rounds=0, metrics={}))
+            return
         try:
             data = await self._initial_model(config)
         except (TaskError, NotFound, ConfigError, CodecError) as exc:
             # Not one for a redelivery: the run cannot start anywhere like this, so it ends, saying why.
             reason = TASK_UNAVAILABLE if isinstance(exc, TaskError) else INIT_MODEL_UNUSABLE
             log.error("run %s cannot start: %s", event.run_id, exc)
-            ended = RunCompleted(run_id=event.run_id, reason=reason, rounds=0, metrics={})
-            async with self._log.transaction() as uow:
-                if await uow.claim(CONSUMER, envelope.event_id):
-                    await uow.append(
-                        run_stream(event.run_id), [Envelope(event=ended, traceparent=envelope.traceparent)]
-                    )
+            await self._end_run(envelope, RunCompleted(run_id=event.run_id, reason=reason, rounds=0, metrics={}))
             return
         weights = decode_tensors(data)
         params = sum(int(a.size) for a in weights.values())
@@ -101,6 +110,20 @@ class AggregatorWorker:
                 if config.init_model is None:
                     await uow.put_blob(digest, "model", data)
                 await uow.append(run_stream(event.run_id), [Envelope(event=done, traceparent=envelope.traceparent)])
+
+    async def _past_user_budget(self, config: RunConfig) -> bool:
+        dp = config.user_privacy
+        return (
+            dp.enabled
+            and dp.epsilon is not None
+            and dp.exceeded_by(await asyncio.to_thread(first_round_epsilon, config))
+        )
+
+    async def _end_run(self, envelope: Envelope, ended: RunCompleted) -> None:
+        """Append RunCompleted for the run `envelope` is about, once (the inbox claim)."""
+        async with self._log.transaction() as uow:
+            if await uow.claim(CONSUMER, envelope.event_id):
+                await uow.append(run_stream(ended.run_id), [Envelope(event=ended, traceparent=envelope.traceparent)])
 
     async def _initial_model(self, config: RunConfig) -> bytes:
         """The encoded model version 0: the task's seeded weights, or the `init_model` blob once it is checked
@@ -131,8 +154,17 @@ class AggregatorWorker:
             return
         config = await self._config(event.run_id)
         base = decode_tensors(await self._log.get_blob(event.base_model_digest))
+        state = decode_tensors(await self._log.get_blob(event.server_state)) if event.server_state else {}
+        user_dp: UserLevelRound | None = None
         rules = config.round
-        aggregator = aggregator_for(
+        try:
+            if config.user_privacy.enabled:
+                user_dp = UserLevelRound(config, base, state, event, self._rng)
+                state = user_dp.strategy_state
+        except ValueError as exc:  # a round or state user-level DP cannot take: the round fails, it is retried
+            await self._fail(envelope, event, f"user-level DP: {exc}")
+            return
+        aggregator = user_dp or aggregator_for(
             rules.aggregator,
             f=rules.byzantine_f,
             trim=rules.trim_fraction,
@@ -149,12 +181,18 @@ class AggregatorWorker:
             # coordinator retries it, instead of leaving it closed and never aggregated.
             await self._fail(envelope, event, f"aggregation failed: {exc}")
             return
-        state = decode_tensors(await self._log.get_blob(event.server_state)) if event.server_state else {}
         try:
             weights, new_state = await asyncio.to_thread(server_step, config.strategy, base, combined, state)
         except ValueError as exc:  # a state that does not fit the model: the round fails and is retried
             await self._fail(envelope, event, f"strategy step failed: {exc}")
             return
+        privacy: dict[str, Any] = {}
+        if user_dp is not None:
+            dp_state, privacy, spent = await asyncio.to_thread(user_dp.privacy)
+            if config.user_privacy.exceeded_by(spent.epsilon):  # only a round that lost its amplification
+                await self._end_on_budget(envelope, event, privacy)
+                return
+            new_state = {**new_state, **dp_state}
         kept = encode_tensors(new_state) if new_state else b""
         kept_digest = sha256_hex(kept) if kept else ""
         try:
@@ -164,6 +202,7 @@ class AggregatorWorker:
             await self._fail(envelope, event, f"central evaluation failed: {exc}")
             return
         metrics["train_loss"] = event.train_loss
+        metrics.update(privacy)
         data, manifest = encode_with_manifest(weights)
         done = RoundAggregated(
             run_id=event.run_id,
@@ -188,6 +227,12 @@ class AggregatorWorker:
                 if self._metrics is not None:
                     self._metrics.observe(done, time.time())
                 log.info("aggregated round %s of %s: %s", event.round, event.run_id, metrics)
+
+    async def _end_on_budget(self, envelope: Envelope, event: QuorumReached, privacy: dict[str, Any]) -> None:
+        """The run ends instead of releasing a round that would take it past its user-level budget."""
+        ended = RunCompleted(run_id=event.run_id, reason=RUN_BUDGET, rounds=event.round - 1, metrics=privacy)
+        await self._end_run(envelope, ended)
+        log.warning("run %s ends before round %s: it would pass the user-level budget", event.run_id, event.round)
 
     async def _fail(self, envelope: Envelope, event: QuorumReached, reason: str) -> None:
         failed = RoundFailed(run_id=event.run_id, round=event.round, attempt=event.attempt, reason=reason[:300])

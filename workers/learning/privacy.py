@@ -160,7 +160,9 @@ class PrivacyLedger:
         if self.accountant == "prv":
             prv = PRVAccountant()
             prv.history = list(history)
-            return float(prv.get_epsilon(delta, eps_error=PRV_EPS_ERROR))
+            # At q = 1 (user-level DP without amplification) Opacus takes log(1 - q) = -inf on purpose.
+            with np.errstate(divide="ignore"):
+                return float(prv.get_epsilon(delta, eps_error=PRV_EPS_ERROR))
         rdp = sum([_rdp_one_step(noise, rate) * steps for noise, rate, steps in history])
         eps, _order = rdp_analysis.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
         return float(eps)

@@ -46,17 +46,22 @@ def clip_to_norm(update: TensorMapping, bound: float) -> TensorDict:
     """
     _check_bound(bound)
     arrays = {name: np.asarray(update[name]) for name in update}
-    floats = [name for name, array in arrays.items() if array.dtype.kind == "f"]
-    norm = math.sqrt(sum(float(np.sum(np.square(arrays[n], dtype=np.float64))) for n in floats))
+    norm = float_norm(arrays)
     if not math.isfinite(norm):
         raise ValueError("cannot clip an update with non-finite values")
     if norm <= bound:
         return dict(arrays)
     scale = bound / norm
     return {
-        name: np.multiply(array, scale, dtype=np.float64).astype(array.dtype) if name in floats else array
+        name: np.multiply(array, scale, dtype=np.float64).astype(array.dtype) if array.dtype.kind == "f" else array
         for name, array in arrays.items()
     }
+
+
+def float_norm(update: TensorMapping) -> float:
+    """The global L2 norm over all of ``update``'s float tensors (summed in float64); other tensors are skipped."""
+    arrays = (np.asarray(update[name]) for name in update)
+    return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays if a.dtype.kind == "f"))
 
 
 def _check_bound(bound: float) -> None:

@@ -108,17 +108,24 @@
     ]);
   }
 
-  function renderPrivacy(privacy) {
+  function renderPrivacy(privacy, rounds) {
     const series = [{ name: "run epsilon", color: "#7b4fd9", points: privacy.rounds.map((r) => ({ x: r.round, y: r.epsilon })) }];
     if (privacy.target_epsilon !== null && privacy.rounds.length) {
       const xs = privacy.rounds.map((r) => r.round);
       series.push({ name: "target", color: "#9aa1b1", points: [Math.min(...xs), Math.max(...xs)].map((x) => ({ x, y: privacy.target_epsilon })) });
     }
+    // User-level DP (docs/privacy.md): the aggregator's epsilon for the released models, in each round's metrics.
+    const user = rounds.filter((r) => r.status === "aggregated" && typeof r.metrics.user_epsilon === "number");
+    if (user.length) {
+      series.push({ name: "user-level epsilon", color: "#e08a1e", points: user.map((r) => ({ x: r.round, y: r.metrics.user_epsilon })) });
+    }
     window.FedbusCharts.lineChart($("#chart-epsilon"), series);
-    $("#privacy-facts").textContent = privacy.enabled
+    const last = user.length ? user[user.length - 1].metrics : null;
+    $("#privacy-facts").textContent = (privacy.enabled
       ? `spent ${fixed(privacy.epsilon_spent, 3) ?? "0"} of ${privacy.target_epsilon}; budget left ${fixed(privacy.budget_left, 3)}` +
         `; noise multiplier ${privacy.noise_multiplier ?? "unknown"}`
-      : "differential privacy is off for this run";
+      : "record-level differential privacy is off for this run") +
+      (last ? `; user-level epsilon ${fixed(last.user_epsilon, 3)}${last.user_epsilon_amplified ? " (amplified by sampling)" : " (not amplified)"}` : "");
   }
 
   function renderClients(clients) {
@@ -150,7 +157,7 @@
         ]);
         renderRun(run, rounds);
         renderRounds(rounds);
-        renderPrivacy(privacy);
+        renderPrivacy(privacy, rounds);
       }
       $("#error").textContent = "";
       document.body.dataset.refreshedAt = String(Date.now());
