@@ -36,13 +36,18 @@ async def scenario(deployment: Deployment) -> tuple[list[Event], dict[int, float
     return events, steps
 
 
-def test_fedadam_state_survives_an_aggregator_kill_and_a_coordinator_restart(deployment: Deployment) -> None:
-    deployment.write_config(clients=2, rounds=3, strategy={"name": "fedadam", "server_lr": 0.05})
+def start_two_of_each(deployment: Deployment) -> None:
+    """The coordinator, two competing aggregators (a and b) and two clients."""
     deployment.start_coordinator()
     deployment.start_aggregator("aggregator-a")
     deployment.start_aggregator("aggregator-b")
     for i in range(2):
         deployment.start_client(f"client-{i}")
+
+
+def test_fedadam_state_survives_an_aggregator_kill_and_a_coordinator_restart(deployment: Deployment) -> None:
+    deployment.write_config(clients=2, rounds=3, strategy={"name": "fedadam", "server_lr": 0.05})
+    start_two_of_each(deployment)
 
     events, steps = asyncio.run(scenario(deployment))
 
@@ -69,11 +74,7 @@ async def kill_after_round_one(deployment: Deployment) -> tuple[list[Event], dic
 def test_the_adaptive_clip_norm_survives_an_aggregator_kill(deployment: Deployment) -> None:
     user_privacy = {"enabled": True, "noise_multiplier": 0.5, "clip_norm": 0.3, "clip_count_stddev": 1.0}
     deployment.write_config(clients=2, rounds=2, user_privacy=user_privacy, strategy={"name": "fedavgm"})
-    deployment.start_coordinator()
-    deployment.start_aggregator("aggregator-a")
-    deployment.start_aggregator("aggregator-b")
-    for i in range(2):
-        deployment.start_client(f"client-{i}")
+    start_two_of_each(deployment)
 
     events, kept = asyncio.run(kill_after_round_one(deployment))
 

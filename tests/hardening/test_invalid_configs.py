@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.errors import ConfigError
 from contracts.strategy import OPTIONS
+from contracts.user_privacy import UserPrivacyConfig
 from tests.hardening.tally import Tally
 
 ROOT = Path(__file__).resolve().parents[2]
 TALLY = Tally("invalid_configs")
-TOP = sorted(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("privacy", "round", "strategy"))
-SECTIONS = {"privacy": PrivacyConfig, "round": RoundConfig}
+TOP = sorted(
+    f.name for f in dataclasses.fields(RunConfig) if f.name not in ("privacy", "round", "strategy", "user_privacy")
+)
+SECTIONS = {"privacy": PrivacyConfig, "round": RoundConfig, "user_privacy": UserPrivacyConfig}
 STRATEGY_FIELDS = {"strategy", "strategy.name"} | {f"strategy.{o}" for options in OPTIONS.values() for o in options}
 KNOWN = (
     set(TOP)
@@ -56,9 +59,9 @@ configs = st.dictionaries(
     values,
     max_size=5,
 ).flatmap(
-    lambda top: st.fixed_dictionaries(
-        {}, optional={"privacy": section(PrivacyConfig), "round": section(RoundConfig)}
-    ).map(lambda sections: {**top, **sections})
+    lambda top: st.fixed_dictionaries({}, optional={name: section(cls) for name, cls in SECTIONS.items()}).map(
+        lambda sections: {**top, **sections}
+    )
 )
 
 
