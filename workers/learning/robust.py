@@ -18,6 +18,7 @@ import numpy as np
 from contracts.catalog import FEDAVG, KRUM, MEDIAN, TRIMMED_MEAN
 from contracts.errors import ConfigError
 from contracts.tensors import TensorDict, TensorMapping
+from contracts.update_validation import l2_norm
 from workers.learning.fedavg import StreamingFedAvg
 
 Float32Array = np.ndarray[Any, np.dtype[np.float32]]
@@ -46,7 +47,7 @@ def clip_to_norm(update: TensorMapping, bound: float) -> TensorDict:
     """
     _check_bound(bound)
     arrays = {name: np.asarray(update[name]) for name in update}
-    norm = float_norm(arrays)
+    norm = l2_norm(arrays)
     if not math.isfinite(norm):
         raise ValueError("cannot clip an update with non-finite values")
     if norm <= bound:
@@ -56,12 +57,6 @@ def clip_to_norm(update: TensorMapping, bound: float) -> TensorDict:
         name: np.multiply(array, scale, dtype=np.float64).astype(array.dtype) if array.dtype.kind == "f" else array
         for name, array in arrays.items()
     }
-
-
-def float_norm(update: TensorMapping) -> float:
-    """The global L2 norm over all of ``update``'s float tensors (summed in float64); other tensors are skipped."""
-    arrays = (np.asarray(update[name]) for name in update)
-    return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays if a.dtype.kind == "f"))
 
 
 def _check_bound(bound: float) -> None:

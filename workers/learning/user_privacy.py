@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from contracts.tensors import TensorDict, TensorMapping
-from workers.learning.robust import clip_to_norm, float_norm
+from contracts.update_validation import l2_norm
 
 Float64Array = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -98,11 +98,14 @@ class ClippedSum:
         for name, total in self._sums.items():
             if np.shape(update[name]) != total.shape:
                 raise ValueError(f"{name}: shape {np.shape(update[name])} != the model's {total.shape}")
-        if float_norm(update) <= self.clip_norm:
+        norm = l2_norm(update)
+        if not math.isfinite(norm):
+            raise ValueError("cannot clip an update with non-finite values")
+        if norm <= self.clip_norm:
             self.unclipped += 1
-        clipped = clip_to_norm(update, self.clip_norm)
+        scale = min(1.0, self.clip_norm / norm) if norm > 0 else 1.0
         for name, total in self._sums.items():
-            total += np.asarray(clipped[name], dtype=np.float64)
+            total += np.asarray(update[name], dtype=np.float64) * scale
         self._count += 1
 
     def noised_mean(self, *, noise_multiplier: float, expected: float, rng: np.random.Generator) -> TensorDict:
