@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,17 @@ def pool_workers(parent: int) -> list[int]:
     return found
 
 
-def kill_pool_worker(deployment: Deployment, process: FedbusProcess) -> int:
-    """SIGKILL the one pool worker of `process` (FEDBUS_WORKERS=1), once its warm-up started it."""
+def kill_pool_worker(deployment: Deployment, process: FedbusProcess, within: float = 60.0) -> int:
+    """SIGKILL the one pool worker of `process` (FEDBUS_WORKERS=1) as soon as its warm-up spawned it.
+
+    A client registers first and spawns its pool after, so the worker may appear only a moment after the
+    "registered as" line: it is waited for, not expected at once."""
     deployment.wait_for_output(process, "registered as" if process.role == "client" else "aggregator consuming")
-    (worker,) = pool_workers(process.pid)
+    deadline = time.monotonic() + within
+    while not (workers := pool_workers(process.pid)):
+        assert process.returncode is None and time.monotonic() < deadline, process.tail()
+        time.sleep(0.05)
+    (worker,) = workers
     os.kill(worker, signal.SIGKILL)
     return worker
 
