@@ -25,7 +25,17 @@ MNIST_TRAIN = 60_000
 
 
 def train_centralized(
-    *, samples: int, epochs: int, epsilon: float | None, data_dir: str | None, eval_limit: int | None
+    *,
+    samples: int,
+    epochs: int,
+    epsilon: float | None,
+    data_dir: str | None,
+    eval_limit: int | None,
+    batch_size: int = 128,
+    lr: float = 0.5,
+    momentum: float = 0.5,
+    max_grad_norm: float = 1.0,
+    accountant: str = "rdp",
 ) -> list[tuple[float, float, float | None]]:
     """(seconds since start, test accuracy, epsilon spent) after each epoch; runs in a pool worker."""
     started = time.perf_counter()
@@ -33,11 +43,12 @@ def train_centralized(
     plan = None
     if epsilon is not None:
         plan = plan_privacy(
-            target_epsilon=epsilon, delta=1e-5, num_samples=samples, batch_size=128, epochs_per_round=1, rounds=epochs
-        )
+            target_epsilon=epsilon, delta=1e-5, num_samples=samples, batch_size=batch_size, epochs_per_round=1,
+            rounds=epochs, accountant=accountant,
+        )  # fmt: skip
     config = LocalTrainConfig(
-        task=MODEL, batch_size=128, lr=0.5, momentum=0.5,
-        dp=plan is not None, max_grad_norm=1.0, noise_multiplier=plan.noise_multiplier if plan else None,
+        task=MODEL, batch_size=batch_size, lr=lr, momentum=momentum, dp=plan is not None,
+        max_grad_norm=max_grad_norm, noise_multiplier=plan.noise_multiplier if plan else None, accountant=accountant,
     )  # fmt: skip
     weights = initial_weights(MODEL, seed=0)
     ledger: dict[str, object] | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from contracts.catalog import MNIST_DP_CNN
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.run_state import RoundSummary
+from contracts.strategy import StrategyConfig
 from services.cli.report import round_rows
 from services.embedded import TrainerFactory, TransportFactory, plain_transport, pool_trainer
 from services.embedded import federate as embedded_federate
@@ -45,10 +46,22 @@ def bench_config(
     target_accuracy: float | None = None,
     batch_size: int = 128,
     task: str = MNIST_DP_CNN,
+    lr: float = 0.5,
+    momentum: float = 0.5,
+    local_epochs: int = 1,
+    max_grad_norm: float = 1.0,
+    accountant: str = "rdp",
+    strategy: StrategyConfig | None = None,
 ) -> RunConfig:
-    """`task` (mnist_dp_cnn unless named) with the DP-SGD settings tuned for mnist_dp_cnn (lr 0.5, momentum 0.5,
-    clip 1.0); epsilon None: no DP."""
-    privacy = PrivacyConfig(enabled=epsilon is not None, epsilon=epsilon or 3.0, delta=1e-5, max_grad_norm=1.0)
+    """`task` (mnist_dp_cnn unless named), by default with the first version's DP-SGD settings for it (batch 128,
+    lr 0.5, momentum 0.5, clip 1.0, RDP, FedAvg); epsilon None: no DP."""
+    privacy = PrivacyConfig(
+        enabled=epsilon is not None,
+        epsilon=epsilon or 3.0,
+        delta=1e-5,
+        max_grad_norm=max_grad_norm,
+        accountant=accountant,
+    )
     return RunConfig(
         task=task,
         clients=clients,
@@ -60,8 +73,15 @@ def bench_config(
         target_accuracy=target_accuracy,
         privacy=privacy,
         round=RoundConfig(
-            quorum=quorum, grace_s=0.0, timeout_s=900.0, batch_size=batch_size, lr=0.5, momentum=0.5, local_epochs=1
+            quorum=quorum,
+            grace_s=0.0,
+            timeout_s=900.0,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            local_epochs=local_epochs,
         ),
+        strategy=strategy or StrategyConfig(),
     )
 
 

@@ -89,7 +89,7 @@ def scale(
 
 
 def accuracy_per_round(
-    path: Path, curves: Mapping[str, Sequence[tuple[int, float]]], aim: float | None, title: str
+    path: Path, curves: Mapping[str, Sequence[tuple[int, float]]], aim: float | None, title: str, x_label: str = "round"
 ) -> Path:
     """Test accuracy after each round, one line per run; `aim` as a dotted level."""
     fig = Figure(figsize=(7, 4), dpi=110)
@@ -99,7 +99,7 @@ def accuracy_per_round(
     if aim is not None:
         ax.axhline(aim, linestyle=":", color="gray", label=f"aim {aim:.0%}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("test accuracy")
     lowest = min((a for points in curves.values() for _, a in points), default=0.5)
     ax.set_ylim(max(0.0, min(0.5, math.floor(lowest * 10 - 0.5) / 10)), 1)
