@@ -22,7 +22,7 @@ import random
 import shlex
 import sys
 from concurrent.futures import Executor, Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchmarks import plots
@@ -85,12 +85,15 @@ class FederatedTrial:
 
     def config(self, *, epsilon: float | None, partition: str = "iid", limits: Limits | None = None) -> RunConfig:
         limits = limits or Limits()
-        return bench_config(
+        config = bench_config(
             clients=CLIENTS, rounds=self.rounds, train_limit=limits.train, eval_limit=limits.eval, epsilon=epsilon,
             partition=partition, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
             local_epochs=self.local_epochs, max_grad_norm=self.max_grad_norm, accountant=ACCOUNTANT,
             strategy=self.strategy,
         )  # fmt: skip
+        # A high lr over many noisy local steps moves the model far in one round, which is what the search is
+        # for: the coordinator's poisoning bound (10x the model's norm) is for deployments, not for this sweep.
+        return replace(config, round=replace(config.round, max_update_norm_ratio=None))
 
     def describe(self) -> str:
         server = "FedAvg" if not self.server_momentum else f"FedAvgM({self.server_momentum:g})"

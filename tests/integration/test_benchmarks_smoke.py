@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+from benchmarks import dp_sweep
 from benchmarks.run import main
 
 
@@ -38,3 +40,22 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     if os.environ.get("FEDBUS_REQUIRE_SERVICES") == "1":  # CI: the deployed scale run happened on real services
         assert "| 3 | " in text and "aggregator's peak memory" in text and (tmp_path / "scale.png").stat().st_size > 0
         assert "| **ready** (RunCreated) | " in text and "| round 1 aggregated | " in text
+
+
+def test_dp_sweep_runs_both_sides_within_the_budget(tmp_path: Path) -> None:
+    out = tmp_path / "dp_sweep.md"
+    argv = ["--trials", "2", "--epochs", "1", "--train-limit", "600", "--eval-limit", "200", "--out", str(out)]
+
+    assert dp_sweep.main(argv) == 0
+
+    text = out.read_text()
+    assert "## Federated trials, best first" in text and "## Centralized trials, best first" in text
+    assert "the first 600 MNIST training and 200 test samples" in text and "full MNIST" not in text
+    record = json.loads(out.with_suffix(".json").read_text())
+    trials = record["trials"]
+    assert sorted(t["side"] for t in trials) == ["centralized", "centralized", "federated", "federated"]
+    for trial in trials:  # every trial spent the budget it was calibrated to, and no more
+        assert trial["epsilon"] is not None and 1.0 < trial["epsilon"] <= 2.0 + 1e-6, trial
+        assert trial["curve"] and all(0.0 <= accuracy <= 1.0 for accuracy in trial["curve"])
+    assert len({json.dumps(t["settings"], sort_keys=True) for t in trials if t["side"] == "federated"}) == 2
+    assert out.with_suffix(".png").stat().st_size > 0
