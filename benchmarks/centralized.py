@@ -115,11 +115,12 @@ def run(
             )
         else:
             why = (
-                "Here the federation ends above the centralized model at the same batch, learning rate and epochs "
-                f"(settings tuned for the federated clients): FedAvg averages {clients} clients' independent DP noise "
-                f"every round, which divides its variance by {clients}, like a {clients}x larger batch, while the "
-                f"centralized model takes {clients}x as many steps of batch 128, each with noise of its own. This "
-                "table compares equal settings, not each side tuned."
+                "Here the federation ends above the centralized model at the same batch, learning rate and epochs, "
+                "settings chosen for the federated clients: batch 128 is small for one DP-SGD model over all the "
+                "records (each step's noise is large against its gradient), while FedAvg's average of "
+                f"{clients} clients' updates acts like a {clients}x larger batch. Equal settings, neither side tuned "
+                "for itself: `python -m benchmarks.dp_sweep` (docs/full/dp_sweep.md) tunes both with the same trial "
+                "budget."
             )
         lines += ["", f"Centralized minus federated final accuracy: **{gap * 100:+.1f} points**. {why}"]
     return lines
