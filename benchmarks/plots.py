@@ -109,3 +109,33 @@ def accuracy_per_round(
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def grouped_bars(
+    path: Path, panels: Mapping[str, Mapping[str, Mapping[str, float | None]]], title: str, missing: str = "n/a"
+) -> Path:
+    """One panel per y-axis label: a group of bars per x label (the outer key), a bar per series, a colour per
+    series; a value None is drawn as no bar with `missing` written where it would stand."""
+    fig = Figure(figsize=(4.5 * len(panels), 3.8), dpi=110)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (unit, groups) in zip(axes, panels.items(), strict=True):
+        series = list(dict.fromkeys(name for bars in groups.values() for name in bars))
+        width = 0.8 / max(1, len(series))
+        labelled: set[str] = set()
+        for index, (name, color) in enumerate(zip(series, COLORS, strict=False)):
+            for slot, bars in enumerate(groups.values()):
+                x = slot - 0.4 + width * (index + 0.5)
+                value = bars.get(name)
+                if value is None:
+                    ax.text(x, 0, missing, rotation=90, ha="center", va="bottom", fontsize=6, color=color)
+                else:
+                    ax.bar(x, value, width, color=color, label=None if name in labelled else name)
+                    labelled.add(name)
+        ax.set_xticks(range(len(groups)), list(groups))
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

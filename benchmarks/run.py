@@ -25,8 +25,10 @@ from benchmarks import (
     privacy_utility,
     scale,
     startup,
+    strategies,
     tasks_accuracy,
     training,
+    user_level,
 )
 from benchmarks.machine import machine
 from contracts.errors import ConfigError, TransientError
@@ -67,9 +69,17 @@ class Profile:
     task_eval_limit: int | None
     startup_clients: int  # `fedbus up --clients N` launched startup_repeats times, to ready and to round 1
     startup_repeats: int
+    strategy_rounds: int  # without DP: to strategy_target or this many rounds
+    strategy_dp_rounds: int
+    strategy_target: float
+    strategy_partitions: tuple[str, ...]
+    user_clients: int  # user-level DP-FedAvg at each of `epsilons`
+    user_rounds: int
+    user_local_epochs: int
 
 
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, None)
+STRATEGY_PARTITIONS = ("iid", "dirichlet:0.5", "dirichlet:0.1")
 PROFILES = {
     "full": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=None, eval_limit=None,
@@ -77,7 +87,8 @@ PROFILES = {
         latency_rounds=30, latency_target=0.95, device_s=1.0, scale_clients=(10, 25, 50, 100, 200), scale_rounds=5,
         scale_model="mnist_cnn", flower_rounds=15, flower_target=0.9, flower_deployed=True, flower_install=True,
         task_rounds=20, task_epsilons=(3.0, 2.0, None), task_train_limit=None, task_eval_limit=None,
-        startup_clients=10, startup_repeats=3,
+        startup_clients=10, startup_repeats=3, strategy_rounds=30, strategy_dp_rounds=15, strategy_target=0.97,
+        strategy_partitions=STRATEGY_PARTITIONS, user_clients=100, user_rounds=5, user_local_epochs=5,
     ),
     "quick": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=6000, eval_limit=2000,
@@ -85,7 +96,8 @@ PROFILES = {
         latency_rounds=12, latency_target=0.8, device_s=0.5, scale_clients=(10, 25, 50, 100, 200), scale_rounds=3,
         scale_model="mnist_cnn", flower_rounds=4, flower_target=0.5, flower_deployed=True, flower_install=True,
         task_rounds=20, task_epsilons=(3.0,), task_train_limit=None, task_eval_limit=None,
-        startup_clients=10, startup_repeats=3,
+        startup_clients=10, startup_repeats=3, strategy_rounds=12, strategy_dp_rounds=4, strategy_target=0.9,
+        strategy_partitions=STRATEGY_PARTITIONS, user_clients=100, user_rounds=5, user_local_epochs=5,
     ),
     "smoke": Profile(
         updates=3, params=10_000, repeats=1, samples=300, clients=10, train_limit=100, eval_limit=100,
@@ -93,7 +105,8 @@ PROFILES = {
         latency_rounds=1, latency_target=0.5, device_s=0.05, scale_clients=(3,), scale_rounds=1,
         scale_model="mnist_dp_cnn", flower_rounds=1, flower_target=0.05, flower_deployed=False,
         flower_install=False, task_rounds=1, task_epsilons=(3.0, None), task_train_limit=100, task_eval_limit=100,
-        startup_clients=3, startup_repeats=1,
+        startup_clients=3, startup_repeats=1, strategy_rounds=1, strategy_dp_rounds=1, strategy_target=0.5,
+        strategy_partitions=("iid",), user_clients=10, user_rounds=1, user_local_epochs=1,
     ),
 }  # fmt: skip
 
@@ -162,8 +175,16 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
     "load": ("Load: concurrent uploads to one coordinator", lambda c: load.run(
         clients=c.p.clients, max_uploads=64), False),
     "privacy": ("Privacy-utility trade-off", _privacy, True),
+    "user_privacy": ("User-level DP: DP-FedAvg with adaptive clipping", lambda c: user_level.run(
+        c.executor, data_dir=c.data_dir, clients=c.p.user_clients, rounds=c.p.user_rounds,
+        local_epochs=c.p.user_local_epochs, epsilons=c.p.epsilons, plot=c.folder / "user_privacy.png", **c.sizes),
+        True),
     "centralized": ("Federated vs centralized DP training", _centralized, True),
     "tasks": ("Fashion-MNIST under DP: a second built-in task", _tasks, True),
+    "strategies": ("Strategies: FedAvg, FedAvgM, FedAdam, FedYogi, FedProx", lambda c: strategies.run(
+        c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.strategy_rounds, dp_rounds=c.p.strategy_dp_rounds,
+        target=c.p.strategy_target, epsilon=2.0, partitions=c.p.strategy_partitions,
+        plot=c.folder / "strategies.png", **c.sizes), True),
     "codecs": ("Compression and accuracy", lambda c: compression_accuracy.run(
         c.executor, data_dir=c.data_dir, clients=10, rounds=c.p.codec_rounds, target=c.p.codec_target,
         **c.sizes), True),
