@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 
-from benchmarks.federation import FederatedResult, bench_config, federate, reached
+from benchmarks.federation import FederatedResult, bench_config, data_scope, federate, reached
 
 CODECS = ("fp32", "fp16", "int8", "topk:0.1+int8", "topk:0.01+int8")
 
@@ -32,8 +32,7 @@ def run(
         )
         results[codec] = federate(config, executor, data_dir=data_dir)
     fp32 = _bytes_per_update(results["fp32"])
-    samples = f"the first {train_limit:,}" if train_limit else "all 60,000"
-    tests = f"the first {eval_limit:,}" if eval_limit else "all 10,000"
+    samples, tests = data_scope(train_limit, eval_limit)
     lines = [
         f"`mnist_dp_cnn` (26,010 parameters), {clients} clients sharing {samples} MNIST training samples (IID), "
         f"{rounds} rounds of one local epoch (batch 128, lr 0.5, momentum 0.5) without DP, so that the codec is "

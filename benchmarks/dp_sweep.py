@@ -221,7 +221,7 @@ def sweep(
         )
         print(f"[sweep] federated {index}: {outcome.final:.2%} ({trial.describe()})", file=sys.stderr, flush=True)
         outcomes.append(outcome)
-    central = [(i, t) for i, t in enumerate(centralized_trials(seed, trials, epochs))]
+    central = list(enumerate(centralized_trials(seed, trials, epochs)))
     outcomes_before = {i: o for i, t in central if (o := reused("centralized", i, t)) is not None}
     futures = {
         i: submit_centralized(executor, t, epsilon=epsilon, data_dir=data_dir, limits=limits)

@@ -85,6 +85,18 @@ def bench_config(
     )
 
 
+def partition_label(partition: str) -> str:
+    """How a page names a partition: "IID", "Dirichlet(0.5)", ..."""
+    return "IID" if partition == "iid" else partition.replace("dirichlet:", "Dirichlet(") + ")"
+
+
+def data_scope(train_limit: int | None, eval_limit: int | None) -> tuple[str, str]:
+    """How a page names the MNIST training and test samples a run used: ("the first 6,000", "all 10,000")."""
+    samples = f"the first {train_limit:,}" if train_limit else "all 60,000"
+    tests = f"the first {eval_limit:,}" if eval_limit else "all 10,000"
+    return samples, tests
+
+
 def reached(rows: list[RoundSummary], target: float) -> RoundSummary | None:
     """The first round whose test accuracy is at least `target`."""
     return next((row for row in rows if row.accuracy >= target), None)

@@ -134,7 +134,8 @@ def grouped_bars(
         ax.set_xticks(range(len(groups)), list(groups))
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+        if labelled:
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

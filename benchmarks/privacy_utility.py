@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import plots
-from benchmarks.federation import FederatedResult, bench_config, federate
+from benchmarks.federation import FederatedResult, bench_config, data_scope, federate, partition_label
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -16,10 +16,6 @@ class Sweep:
     """What the sweep measured: each (partition, epsilon) run; epsilon None is the no-DP run."""
 
     results: dict[tuple[str, float | None], FederatedResult]
-
-
-def _label(partition: str) -> str:
-    return "IID" if partition == "iid" else partition.replace("dirichlet:", "Dirichlet(") + ")"
 
 
 def run(
@@ -47,8 +43,7 @@ def run(
                 partition=partition,
             )
             results[(partition, epsilon)] = federate(config, executor, data_dir=data_dir)
-    samples = f"the first {train_limit:,}" if train_limit else "all 60,000"
-    tests = f"the first {eval_limit:,}" if eval_limit else "all 10,000"
+    samples, tests = data_scope(train_limit, eval_limit)
     lines = [
         f"`mnist_dp_cnn`, {clients} clients sharing {samples} MNIST training samples, {rounds} rounds of one local "
         f"epoch (batch 128, lr 0.5, momentum 0.5, clip 1.0, int8 updates, every client in every round); test "
@@ -63,14 +58,15 @@ def run(
         spent = f"{last.epsilon:.2f}" if last and last.epsilon is not None else "-"
         accuracy = f"{last.accuracy:.2%}" if last else "-"
         target = "no DP" if epsilon is None else f"{epsilon:g}"
-        lines.append(
-            f"| {_label(partition)} | {target} | {accuracy} | {spent} | {len(result.rows)} | {result.wall_s:.1f} s |"
-        )
+        label = partition_label(partition)
+        lines.append(f"| {label} | {target} | {accuracy} | {spent} | {len(result.rows)} | {result.wall_s:.1f} s |")
     curves = {
-        _label(p): [(e, r.rows[-1].accuracy) for (q, e), r in results.items() if q == p and e is not None and r.rows]
+        partition_label(p): [
+            (e, r.rows[-1].accuracy) for (q, e), r in results.items() if q == p and e is not None and r.rows
+        ]
         for p in partitions
     }
-    no_dp = {_label(q): r.rows[-1].accuracy for (q, e), r in results.items() if e is None and r.rows}
+    no_dp = {partition_label(q): r.rows[-1].accuracy for (q, e), r in results.items() if e is None and r.rows}
     subset = f"{train_limit:,} samples" if train_limit else "full MNIST"
     plots.privacy_utility(plot, curves, no_dp, f"mnist_dp_cnn, {clients} clients, {rounds} rounds, {subset}")
     if train_limit:

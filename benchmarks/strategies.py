@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import plots
-from benchmarks.federation import FederatedResult, bench_config, federate, reached
+from benchmarks.federation import FederatedResult, bench_config, data_scope, federate, partition_label, reached
 from contracts.config import RunConfig
 from contracts.strategy import FEDADAM, FEDAVG, FEDAVGM, FEDPROX, FEDYOGI, StrategyConfig
 
@@ -35,10 +35,6 @@ class Cell:
 
     no_dp: FederatedResult
     dp: FederatedResult
-
-
-def _label(partition: str) -> str:
-    return "IID" if partition == "iid" else partition.replace("dirichlet:", "Dirichlet(") + ")"
 
 
 def _strategy(name: str, value: float | None) -> StrategyConfig:
@@ -104,9 +100,8 @@ def run(
                 dp=federate(config(partition, strategy, dp=True), executor, data_dir=data_dir),
             )
 
-    samples = f"the first {train_limit:,}" if train_limit else "all 60,000"
-    tests = f"the first {eval_limit:,}" if eval_limit else "all 10,000"
-    labels = [_label(p) for p in partitions]
+    samples, tests = data_scope(train_limit, eval_limit)
+    labels = [partition_label(p) for p in partitions]
     lines = [
         f"`mnist_dp_cnn`, {clients} clients sharing {samples} MNIST training samples, every client in every round, "
         "the same client settings for every strategy (batch 128, lr 0.5, momentum 0.5, one local epoch, int8 "
@@ -129,9 +124,11 @@ def run(
         to_target = [_reached(c.no_dp, target) for c in row]
         finals = [f"{c.dp.rows[-1].accuracy:.2%}" if c.dp.rows else "-" for c in row]
         lines.append(f"| {_describe(name, tuned[name])} | {' | '.join(to_target)} | {' | '.join(finals)} |")
-    rounds_panel = {_label(p): {n: _rounds_or_none(cells[(n, p)].no_dp, target) for n in GRIDS} for p in partitions}
+    rounds_panel = {
+        partition_label(p): {n: _rounds_or_none(cells[(n, p)].no_dp, target) for n in GRIDS} for p in partitions
+    }
     dp_panel = {
-        _label(p): {n: (cells[(n, p)].dp.rows[-1].accuracy if cells[(n, p)].dp.rows else None) for n in GRIDS}
+        partition_label(p): {n: (cells[(n, p)].dp.rows[-1].accuracy if cells[(n, p)].dp.rows else None) for n in GRIDS}
         for p in partitions
     }
     subset = f"{train_limit:,} samples" if train_limit else "full MNIST"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import plots
-from benchmarks.federation import FederatedResult, bench_config, federate
+from benchmarks.federation import FederatedResult, bench_config, data_scope, federate
 from contracts.catalog import FASHION_MNIST, FASHION_MNIST_CNN
 from fedbus.errors import DataUnavailable
 from workers.learning.datasets import load_dataset
@@ -93,8 +93,7 @@ def run(
             ),
         )
         results[epsilon] = federate(config, executor, data_dir=data_dir)
-    samples = f"the first {train_limit:,}" if train_limit else "all 60,000"
-    tests = f"the first {eval_limit:,}" if eval_limit else "all 10,000"
+    samples, tests = data_scope(train_limit, eval_limit)
     rounds_word = "round" if rounds == 1 else "rounds"
     epochs = "one local epoch" if settings.local_epochs == 1 else f"{settings.local_epochs} local epochs"
     lines = [

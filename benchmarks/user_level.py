@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks import plots
-from benchmarks.federation import FederatedResult, bench_config, federate
+from benchmarks.federation import FederatedResult, bench_config, data_scope, federate
 from contracts.config import RunConfig
 from contracts.user_privacy import COUNT_NOISE_DIVISOR, UserPrivacyConfig
 from workers.learning.privacy import derive_noise_multiplier
@@ -70,8 +70,7 @@ def run(
             eval_limit=eval_limit,
         )  # fmt: skip
         results[epsilon] = (federate(config, executor, data_dir=data_dir), z)
-    samples = f"the first {train_limit:,}" if train_limit else "all 60,000"
-    tests = f"the first {eval_limit:,}" if eval_limit else "all 10,000"
+    samples, tests = data_scope(train_limit, eval_limit)
     per_client = (train_limit or 60_000) // clients
     lines = [
         f"`mnist_dp_cnn`, {clients} IID clients sharing {samples} MNIST training samples (~{per_client:,} each), "
