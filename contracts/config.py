@@ -174,6 +174,9 @@ class RunConfig:
         if self.train_limit is not None:
             check_int("train_limit", self.train_limit, self.clients, 10_000_000)
         rules = self.round
+        if self.strategy.asynchronous and self.user_privacy.enabled:
+            detail = "fedbuff's buffers are not uniform samples of the clients: user-level DP needs a synchronous one"
+            raise ConfigError("strategy.name", detail)
         self.user_privacy.check_against(
             clients=self.clients,
             aggregator=rules.aggregator,

@@ -44,6 +44,9 @@ class ClientEvicted:
 # or Poisson sampling (user-level DP: each of `population` eligible clients independently at `rate`).
 SAMPLING_FIXED: Final = "fixed"
 SAMPLING_POISSON: Final = "poisson"
+# FedBuff: the round is a buffer; ``{"kind": "buffer", "buffer": K, "in_flight": n, "population": N}`` says how
+# many updates close it and how many clients were training towards it when it opened.
+SAMPLING_BUFFER: Final = "buffer"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +67,9 @@ class RoundStarted:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateAccepted:
+    """An update validated and stored for `round`. `model_version` is the version it was trained on: the round's
+    own in a synchronous run, possibly an older one under FedBuff (-1: written before it was recorded)."""
+
     run_id: str
     round: int
     update_id: str
@@ -76,6 +82,7 @@ class UpdateAccepted:
     epsilon: float | None
     metrics: JsonDict
     late: bool = False
+    model_version: int = -1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +120,7 @@ class QuorumReached:
     train_loss: float = 0.0  # the updates' reported training loss, weighted by sample count
     server_state: str = ""  # digest of the strategy's state blob after the last aggregated round ("": none yet)
     sampling: JsonDict = field(default_factory=dict)  # the round's RoundStarted.sampling: user-level DP needs it
+    staleness: tuple[int, ...] = ()  # per update: versions its base model lags `model_version` (FedBuff; () = 0s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

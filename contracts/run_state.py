@@ -44,6 +44,13 @@ def quorum_size(selected: int, quorum: float, min_updates: int) -> int:
     return min(selected, max(min_updates, math.ceil(quorum * selected)))
 
 
+def needed_updates(round_: RoundState, config: RunConfig) -> int:
+    """Accepted updates that close `round_`: FedBuff's buffer as RoundStarted fixed it, else the quorum."""
+    if config.strategy.asynchronous:
+        return max(1, int(round_.sampling.get("buffer", 1)))
+    return quorum_size(len(round_.selected), config.round.quorum, config.round.min_updates)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AcceptedUpdate:
     """What an aggregator needs of one accepted update, carried to it in QuorumReached."""
@@ -52,6 +59,7 @@ class AcceptedUpdate:
     digest: str
     num_samples: int
     loss: float
+    model_version: int = -1  # the version it was trained on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +140,8 @@ class RunState:
     server_state: str = ""  # the strategy state the latest aggregated round left (a blob digest)
     user_epsilon_next: float | None = None  # user-level DP: the epsilon one more round would bring (aggregator's)
     summaries: list[RoundSummary] = field(default_factory=list)
+    # FedBuff: client -> (round, model version) of the work it was given and has not answered yet
+    assigned: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def latest_model(self) -> tuple[int, str] | None:
@@ -139,6 +149,21 @@ class RunState:
             return None
         version = max(self.models)
         return version, self.models[version]
+
+    def carried(self, model_version: int) -> dict[str, AcceptedUpdate]:
+        """FedBuff: the accepted updates no aggregation took that the next buffer, based on `model_version`, starts
+        with (a closed buffer's late ones; all of a failed attempt's), less those more than max_staleness behind."""
+        current = self.current
+        if current is None or not self.config.strategy.asynchronous or not (current.aggregated or current.failed):
+            return {}
+        waiting = current.late if current.aggregated else {**current.accepted, **current.late}
+        limit = self.config.strategy.max_staleness
+        return {c: u for c, u in waiting.items() if model_version - u.model_version <= limit}
+
+    def in_flight(self, model_version: int) -> set[str]:
+        """FedBuff: clients still training on work not more than max_staleness versions behind `model_version`."""
+        limit = self.config.strategy.max_staleness
+        return {c for c, (_, version) in self.assigned.items() if model_version - version <= limit}
 
     def apply_recorded(self, recorded: RecordedEvent) -> None:
         """Fold one event as the log recorded it, and move to its version (an event already folded is skipped,
@@ -151,6 +176,7 @@ class RunState:
 
     def apply(self, event: Event, occurred_at: float, traceparent: str | None = None) -> None:
         """Fold one event into the state; events that do not change a run's state are ignored."""
+        self._release(event)
         match event:
             case RunCreated():
                 self.created_at = occurred_at
@@ -168,6 +194,7 @@ class RunState:
                 self.summaries.append(self._summary(event, occurred_at))
             case RoundStarted():
                 self.first_started.setdefault(event.round, occurred_at)
+                carried = self.carried(event.model_version)
                 self.current = RoundState(
                     round=event.round,
                     attempt=event.attempt,
@@ -178,7 +205,12 @@ class RunState:
                     started_at=occurred_at,
                     sampling=dict(event.sampling),
                     traceparent=traceparent,
+                    accepted=carried,
                 )
+                if self.config.strategy.asynchronous:
+                    self.assigned.update({client: (event.round, event.model_version) for client in event.selected})
+                    if len(carried) >= needed_updates(self.current, self.config):
+                        self.current.quorum_at = occurred_at
             case UpdateAccepted() if self._is_current(event.round):
                 self._accept(event, occurred_at)
             case UpdateRejected() if self._is_current(event.round) and event.reason not in DAMAGED_IN_TRANSIT:
@@ -201,6 +233,18 @@ class RunState:
             case _:
                 pass
 
+    def _release(self, event: Event) -> None:
+        """FedBuff: a client's answer to its work (an update, a refusal that is not damage in transit, a decline)
+        ends its assignment; the next buffer may give it more."""
+        match event:
+            case UpdateAccepted():
+                self.assigned.pop(event.client_id, None)
+            case UpdateRejected() | ClientDeclined() if self.assigned.get(event.client_id, (0, 0))[0] == event.round:
+                if not isinstance(event, UpdateRejected) or event.reason not in DAMAGED_IN_TRANSIT:
+                    del self.assigned[event.client_id]
+            case _:
+                pass
+
     def _accept(self, event: UpdateAccepted, occurred_at: float) -> None:
         current = self.current
         assert current is not None
@@ -209,6 +253,7 @@ class RunState:
             digest=event.digest,
             num_samples=event.num_samples,
             loss=float(event.metrics.get("loss", 0.0)),
+            model_version=event.model_version if event.model_version >= 0 else current.model_version,
         )
         (current.late if event.late else current.accepted)[event.client_id] = update
         if EVAL_SAMPLES in event.metrics:
@@ -218,8 +263,7 @@ class RunState:
         if not event.late:
             current.wire_bytes += event.wire_bytes
             current.raw_bytes += event.raw_bytes
-        rules = self.config.round
-        needed = quorum_size(len(current.selected), rules.quorum, rules.min_updates)
+        needed = needed_updates(current, self.config)
         if current.quorum_at is None and not event.late and len(current.accepted) >= needed:
             current.quorum_at = occurred_at
 

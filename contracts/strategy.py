@@ -7,7 +7,13 @@ updates are combined before the server step (weighted mean, median, trimmed mean
 every combination rule composes with every strategy, so they are not multiplied into one list of names.
 
 References: FedAvg (McMahan et al. 2017); FedAvgM (Hsu et al. 2019, server momentum); FedAdagrad, FedAdam,
-FedYogi (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2); FedProx (Li et al. 2020).
+FedYogi (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2); FedProx (Li et al. 2020);
+FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation", Algorithm 1).
+
+FedBuff is the asynchronous one: a round is a buffer of `buffer_size` updates, whichever model version each
+was trained on, and a client still training when a buffer closes is not cut off: its update goes into a
+later buffer, weighted by its staleness (see `staleness_weight`), unless it is more than `max_staleness`
+versions old.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ FEDADAGRAD: Final = "fedadagrad"
 FEDADAM: Final = "fedadam"
 FEDYOGI: Final = "fedyogi"
 FEDPROX: Final = "fedprox"
+FEDBUFF: Final = "fedbuff"
 
 Range = tuple[float, float]  # closed, except a lower bound of 0.0 on a rate, which is open (see _check)
 _ADAPTIVE: Final = {
@@ -45,11 +52,18 @@ OPTIONS: Final[Mapping[str, Mapping[str, tuple[Any, Range | None]]]] = MappingPr
         FEDADAM: _ADAPTIVE,
         FEDYOGI: _ADAPTIVE,
         FEDPROX: {"mu": (0.01, (0.0, 1000.0))},
+        FEDBUFF: {
+            "server_lr": (1.0, (0.0, 100.0)),
+            "buffer_size": (5, (1, 100_000)),  # K: updates per server step
+            "max_staleness": (4, (0, 100_000)),  # versions an update's base model may lag the buffer's
+            "staleness_exponent": (0.5, (0.0, 10.0)),  # a in s(tau) = (1 + tau)^-a; the paper's 1/sqrt(1+tau)
+        },
     }
 )
 """Each strategy's options: (default, allowed range; None for a flag)."""
 STRATEGIES: Final = tuple(OPTIONS)
 _RATES: Final = frozenset({"server_lr", "tau", "mu"})  # must be > 0
+_INTEGERS: Final = frozenset({"buffer_size", "max_staleness"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +82,8 @@ class StrategyConfig:
                 known = ", ".join(allowed) or "none"
                 raise ConfigError(f"strategy.{key}", f"not an option of {self.name}; its options: {known}")
             _check(f"strategy.{key}", value, allowed[key][1], rate=key in _RATES)
+            if key in _INTEGERS and not isinstance(value, int):
+                raise ConfigError(f"strategy.{key}", f"must be a whole number, got {value!r:.100}")
 
     def option(self, key: str) -> Any:
         """The option's value, or its default."""
@@ -77,6 +93,28 @@ class StrategyConfig:
     def proximal_mu(self) -> float:
         """FedProx's mu, which clients apply in local training; 0 for every other strategy."""
         return float(self.option("mu")) if self.name == FEDPROX else 0.0
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether rounds are FedBuff's buffers (updates from older model versions count, staleness-weighted)."""
+        return self.name == FEDBUFF
+
+    @property
+    def buffer_size(self) -> int:
+        """FedBuff's K; 0 for the synchronous strategies, whose rounds close on `round.quorum`."""
+        return int(self.option("buffer_size")) if self.asynchronous else 0
+
+    @property
+    def max_staleness(self) -> int:
+        """How many versions an update's base model may lag the buffer's base; 0 for the synchronous ones."""
+        return int(self.option("max_staleness")) if self.asynchronous else 0
+
+    def staleness_weight(self, staleness: int) -> float:
+        """FedBuff's s(tau) = (1 + tau)^-a, which scales an update trained `staleness` versions ago (1.0 for the
+        synchronous strategies, where every update is trained on the round's model)."""
+        if not self.asynchronous:
+            return 1.0
+        return float((1.0 + staleness) ** -float(self.option("staleness_exponent")))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}

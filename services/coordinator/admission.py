@@ -67,7 +67,8 @@ class UploadAdmission:
     async def _accept(self, header: UploadHeader, payload: bytes) -> UpdateAccepted:
         run = self._runs.state(header.run_id)
         current = run.current
-        if current is None or current.round != header.round:
+        moved_on = current is not None and current.round != header.round and not run.config.strategy.asynchronous
+        if current is None or moved_on:
             raise UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} closed while uploading")
         manifest = await self._models.manifest(current.model_digest)
         bound = norm_bound(run.config.round, await self._models.norm(current.model_digest))

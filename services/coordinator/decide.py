@@ -9,11 +9,13 @@ deadline, failure and retry, convergence, stop.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from contracts.config import RunConfig
 from contracts.events import (
+    SAMPLING_BUFFER,
     SAMPLING_FIXED,
     SAMPLING_POISSON,
     ClientDeclined,
@@ -38,6 +40,7 @@ from services.coordinator.rules import (
     convergence,
     poisson_sample,
     select_clients,
+    select_count,
     user_budget_reached,
 )
 
@@ -83,6 +86,7 @@ def due(run: RunState, pool: ClientPool, now: float) -> list[Event]:
                 train_loss=sum(u.loss * u.num_samples for u in accepted) / max(1, samples),
                 server_state=run.server_state,
                 sampling=current.sampling,
+                staleness=tuple(current.model_version - u.model_version for u in accepted),
             )
         ]
     if decision is RoundDecision.FAIL:
@@ -115,20 +119,59 @@ def then(run: RunState, events: Sequence[Event], pool: ClientPool, now: float) -
 
 def header_refusal(run: RunState, client_id: str, header: UploadHeader) -> UploadRefused | None:
     """What the header alone says against an upload, before any of its bytes are read."""
-    current = run.current
-    if current is None or current.round != header.round or current.aggregated or run.completed:
-        return UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} is not open")
-    if client_id not in current.selected:
-        return UploadRefused(RejectReason.NOT_SELECTED, f"{client_id} was not selected")
-    if current.has_sent(client_id):
-        return UploadRefused(RejectReason.DUPLICATE, f"{client_id} already sent an update for round {header.round}")
-    if header.base_model_version != current.model_version:
-        detail = f"trained on version {header.base_model_version}, round uses {current.model_version}"
-        return UploadRefused(RejectReason.STALE_MODEL, detail)
+    refusal = _round_refusal(run, client_id, header)
+    if refusal is not None:
+        return refusal
     limit = run.config.round.max_update_bytes
     if header.total_size > limit:
         return UploadRefused(RejectReason.TOO_LARGE, f"{header.total_size} bytes > limit {limit}")
     return _privacy_refusal(run, header)
+
+
+def work_wanted(run: RunState, round_: int, model_version: int) -> bool:
+    """Whether training for `round_` on `model_version` is still wanted: the round is open (synchronous), or under
+    FedBuff the run goes on and that version is within max_staleness of the latest."""
+    current, latest = run.current, run.latest_model
+    if run.completed or current is None or latest is None:
+        return False
+    if run.config.strategy.asynchronous:
+        return round_ <= current.round and latest[0] - model_version <= run.config.strategy.max_staleness
+    return current.round == round_ and not current.closed
+
+
+def _round_refusal(run: RunState, client_id: str, header: UploadHeader) -> UploadRefused | None:
+    """Whether the update answers work this client was given that is still wanted."""
+    current = run.current
+    asynchronous = run.config.strategy.asynchronous
+    if current is None or current.aggregated or run.completed or (current.round != header.round and not asynchronous):
+        return UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} is not open")
+    if current.has_sent(client_id):
+        return UploadRefused(RejectReason.DUPLICATE, f"{client_id} already sent an update for round {header.round}")
+    if asynchronous:
+        return _buffer_refusal(run, client_id, header)
+    if client_id not in current.selected:
+        return UploadRefused(RejectReason.NOT_SELECTED, f"{client_id} was not selected")
+    if header.base_model_version != current.model_version:
+        detail = f"trained on version {header.base_model_version}, round uses {current.model_version}"
+        return UploadRefused(RejectReason.STALE_MODEL, detail)
+    return None
+
+
+def _buffer_refusal(run: RunState, client_id: str, header: UploadHeader) -> UploadRefused | None:
+    """FedBuff: an update for the client's outstanding work, on the model it was given, not too stale."""
+    current = run.current
+    assert current is not None
+    work = run.assigned.get(client_id)
+    if work is None or work[0] != header.round:
+        return UploadRefused(RejectReason.NOT_SELECTED, f"{client_id} has no work of round {header.round} open")
+    trained_on, limit = work[1], run.config.strategy.max_staleness
+    if header.base_model_version != trained_on:
+        detail = f"trained on version {header.base_model_version}, it was given {trained_on}"
+        return UploadRefused(RejectReason.STALE_MODEL, detail)
+    if current.model_version - trained_on > limit:
+        detail = f"trained on version {trained_on}, the buffer's base is {current.model_version}: over {limit} behind"
+        return UploadRefused(RejectReason.STALE_MODEL, detail)
+    return None
 
 
 def _privacy_refusal(run: RunState, header: UploadHeader) -> UploadRefused | None:
@@ -152,13 +195,12 @@ def accept(
     Raises UploadRefused when the round closed for good or the client's update is already in.
     """
     current = run.current
-    if current is None or current.round != header.round or current.aggregated:
-        raise UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} closed while uploading")
-    if current.has_sent(header.client_id):
-        raise UploadRefused(RejectReason.DUPLICATE, "already accepted")
+    refusal = _round_refusal(run, header.client_id, header)
+    if current is None or refusal is not None:
+        raise refusal or UploadRefused(RejectReason.ROUND_CLOSED, f"round {header.round} closed while uploading")
     event = UpdateAccepted(
         run_id=header.run_id,
-        round=header.round,
+        round=current.round,  # FedBuff: the open buffer, whichever round's work the update answers
         update_id=update_id,
         client_id=header.client_id,
         num_samples=header.num_samples,
@@ -169,6 +211,7 @@ def accept(
         epsilon=header.epsilon,
         metrics=dict(header.metrics),
         late=current.closed,
+        model_version=header.base_model_version,
     )
     return then(run, [event], pool, now)
 
@@ -188,7 +231,8 @@ def reject(run: RunState, header: UploadHeader, refusal: UploadRefused, pool: Cl
 def decline(run: RunState, client_id: str, round_: int, reason: str, pool: ClientPool, now: float) -> list[Event]:
     """ClientDeclined for a selected client of the open round; NoRoundOpen otherwise."""
     current = run.current
-    if current is None or current.round != round_ or client_id not in current.selected:
+    given = run.assigned.get(client_id, (0, 0))[0] == round_ if run.config.strategy.asynchronous else False
+    if current is None or (not given and (current.round != round_ or client_id not in current.selected)):
         raise NoRoundOpen(f"{client_id} is not selected in an open round {round_} of {run.run_id}")
     event = ClientDeclined(run_id=run.run_id, round=round_, client_id=client_id, reason=reason[:200])
     return then(run, [event], pool, now)
@@ -226,7 +270,10 @@ def _start_round(run: RunState, pool: ClientPool, now: float, round_: int, attem
     config = run.config
     if user_budget_reached(run.user_epsilon_next, config):
         return [_completed(run, StopReason.BUDGET)]
-    selected, sampling = _cohort(config, eligible, round_, attempt)
+    if config.strategy.asynchronous:
+        selected, sampling = _buffer_cohort(run, eligible, version, round_, attempt)
+    else:
+        selected, sampling = _cohort(config, eligible, round_, attempt)
     plan = plan_for(config)
     started = RoundStarted(
         run_id=run.run_id,
@@ -242,7 +289,7 @@ def _start_round(run: RunState, pool: ClientPool, now: float, round_: int, attem
     # An empty Poisson sample is a round like any other for the accountant: it closes at once, and the
     # aggregator's step is noise only. Drawing again instead would condition the sample on being non-empty,
     # which is no Poisson sample any more, and the amplification would not hold.
-    return then(run, [started], pool, now) if not selected else [started]
+    return then(run, [started], pool, now) if not selected or config.strategy.asynchronous else [started]
 
 
 def _cohort(config: RunConfig, eligible: list[str], round_: int, attempt: int) -> tuple[tuple[str, ...], JsonDict]:
@@ -255,6 +302,22 @@ def _cohort(config: RunConfig, eligible: list[str], round_: int, attempt: int) -
     fraction = config.round.clients_per_round
     selected = select_clients(eligible, fraction, seed=seed, round_=round_, attempt=attempt)
     return selected, {"kind": SAMPLING_FIXED, "fraction": fraction, "population": len(eligible)}
+
+
+def _buffer_cohort(
+    run: RunState, eligible: list[str], version: int, round_: int, attempt: int
+) -> tuple[tuple[str, ...], JsonDict]:
+    """FedBuff: new work for idle clients, up to ceil(clients_per_round * eligible) training at once (counting
+    those still on earlier work and those whose update waits in the buffer), and the buffer's size."""
+    config = run.config
+    busy = (run.in_flight(version) | set(run.carried(version))).intersection(eligible)
+    target = max(1, math.ceil(config.round.clients_per_round * len(eligible)))
+    idle = [client for client in eligible if client not in busy]
+    selected = select_count(idle, max(0, target - len(busy)), seed=config.seed, round_=round_, attempt=attempt)
+    in_flight = len(busy) + len(selected)
+    buffer = max(1, min(config.strategy.buffer_size, in_flight))
+    sampling = {"kind": SAMPLING_BUFFER, "buffer": buffer, "in_flight": in_flight, "population": len(eligible)}
+    return selected, sampling
 
 
 def _completed(run: RunState, reason: StopReason) -> RunCompleted:

@@ -6,6 +6,7 @@ from contracts.ports import BlobStore
 from contracts.tensor_codec import Manifest, decode_tensors, specs_of
 from contracts.update_validation import l2_norm
 from ops.metrics import FedbusMetrics
+from services.coordinator import decide
 from services.coordinator.blob_cache import BlobCache
 from services.coordinator.commit import RunLedger
 from services.coordinator.errors import NoRoundOpen, RunNotFound
@@ -28,8 +29,7 @@ class ModelServer:
         if digest is None or round_:  # an aggregator may have just appended it; the round may have closed
             run = await self._runs.refresh(run_id)
             digest = run.models.get(version)
-            current = run.current
-            if round_ and (current is None or current.round != round_ or current.closed or run.completed):
+            if round_ and not decide.work_wanted(run, round_, version):
                 raise NoRoundOpen(f"round_closed: round {round_} of {run_id} is not open")
         if digest is None:
             raise RunNotFound(f"run {run_id!r} has no model version {version}")

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from contracts.config import RunConfig
 from contracts.events import RUN_BUDGET
-from contracts.run_state import RoundState, quorum_size
+from contracts.run_state import RoundState, needed_updates
 
 
 class StopReason(StrEnum):
@@ -25,10 +25,15 @@ def select_clients(
     eligible: Sequence[str], fraction: float, *, seed: int, round_: int, attempt: int
 ) -> tuple[str, ...]:
     """A seeded sample of ceil(fraction * eligible) clients, different for every round and attempt."""
+    count = max(1, math.ceil(fraction * len(eligible))) if eligible else 0
+    return select_count(eligible, count, seed=seed, round_=round_, attempt=attempt)
+
+
+def select_count(eligible: Sequence[str], count: int, *, seed: int, round_: int, attempt: int) -> tuple[str, ...]:
+    """A seeded sample of `count` of the eligible clients (all of them when there are fewer)."""
     pool = sorted(eligible)
-    count = max(1, math.ceil(fraction * len(pool))) if pool else 0
     rng = random.Random(f"{seed}:{round_}:{attempt}")
-    return tuple(sorted(rng.sample(pool, count)))
+    return tuple(sorted(rng.sample(pool, min(count, len(pool)))))
 
 
 def poisson_sample(eligible: Sequence[str], rate: float, *, seed: int, round_: int, attempt: int) -> tuple[str, ...]:
@@ -51,13 +56,15 @@ class RoundDecision(StrEnum):
 
 
 def close_decision(round_: RoundState, config: RunConfig, now: float) -> RoundDecision:
-    """Whether an open round should close now, and how: the grace period runs from the fold's `quorum_at`."""
+    """Whether an open round should close now, and how: the grace period runs from the fold's `quorum_at`.
+
+    A FedBuff buffer has no cohort that could all have answered: clients of earlier buffers may still send to
+    it, so it closes on its size, or at its deadline."""
     if round_.closed:
         return RoundDecision.WAIT
-    selected = len(round_.selected)
     accepted = len(round_.accepted)
-    everyone_answered = round_.responded >= selected
-    enough = accepted >= quorum_size(selected, config.round.quorum, config.round.min_updates)
+    everyone_answered = not config.strategy.asynchronous and round_.responded >= len(round_.selected)
+    enough = accepted >= needed_updates(round_, config)
     if enough and (everyone_answered or config.round.grace_s == 0):
         return RoundDecision.QUORUM
     if enough and round_.quorum_at is not None and now >= round_.quorum_at + config.round.grace_s:

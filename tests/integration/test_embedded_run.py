@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,46 @@ def test_a_run_with_user_level_dp_reports_both_privacy_levels(tmp_path: Path) ->
     assert user["amplified"] is True and user["delta"] == 1e-5 and summary["privacy"]["accountant"] == "rdp"
     assert 0 < record["epsilon"] <= 3.0  # the clients' DP-SGD is reported as before
     assert rounds[0]["user_clip_norm"] == 0.5 and rounds[1]["user_clip_norm"] != 0.5  # adaptive clipping moved it
+
+
+FEDBUFF_TOML = """
+[run]
+clients = 4
+rounds = 4
+train_limit = 2000
+eval_limit = 500
+
+[run.round]
+lr = 0.5
+
+[run.privacy]
+epsilon = 3.0
+
+[run.strategy]
+name = "fedbuff"
+buffer_size = 2
+"""
+
+
+def test_a_fedbuff_run_aggregates_every_update_once_with_its_staleness(tmp_path: Path) -> None:
+    config, out = tmp_path / "fedbuff.toml", tmp_path / "run"
+    config.write_text(FEDBUFF_TOML)
+
+    done = fedbus("run", "--config", str(config), "--out", str(out), timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rounds = json.loads((out / "metrics.json").read_text())
+    assert summary["rounds"] == 4 and 0 < summary["epsilon"] <= 3.0
+    assert rounds[-1]["accuracy"] > 0.15
+    with sqlite3.connect(out / "fedbus.db") as db:
+        rows = db.execute("SELECT type, payload FROM events ORDER BY position").fetchall()
+    events = [(kind, json.loads(payload)) for kind, payload in rows]
+    done_attempts = {(p["round"], p["attempt"]) for kind, p in events if kind == "RoundAggregated"}
+    quorums = [p for kind, p in events if kind == "QuorumReached" and (p["round"], p["attempt"]) in done_attempts]
+    assert [q["round"] for q in quorums] == [1, 2, 3, 4]
+    assert all(len(q["update_ids"]) == 2 for q in quorums)  # the buffer, not the cohort of 4
+    aggregated = [u for q in quorums for u in q["update_ids"]]
+    assert len(aggregated) == len(set(aggregated))  # no update counted twice
+    # Four clients trained on version 0 and the first buffer took two: the other two count, staleness-weighted.
+    assert quorums[0]["staleness"] == [0, 0] and any(s > 0 for q in quorums[1:] for s in q["staleness"])

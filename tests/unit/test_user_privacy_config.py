@@ -86,3 +86,12 @@ def test_the_budget_is_exceeded_only_past_the_accountants_float_noise() -> None:
 
     assert not dp.exceeded_by(4.0 * (1 + 1e-9)) and dp.exceeded_by(4.01)
     assert not UserPrivacyConfig().exceeded_by(1e6)  # no budget, nothing to exceed
+
+
+def test_fedbuff_is_refused_with_user_privacy_on_its_buffers_are_no_uniform_sample() -> None:
+    RunConfig.from_dict({"clients": 30, "strategy": {"name": "fedbuff"}})  # fine without user-level DP
+
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_dict({"clients": 30, "strategy": {"name": "fedbuff"}, "user_privacy": ON})
+
+    assert error.value.field == "strategy.name" and "synchronous" in error.value.message

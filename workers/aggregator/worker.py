@@ -36,6 +36,7 @@ from ops.metrics import FedbusMetrics
 from ops.telemetry import context_of, current_traceparent, tracer
 from workers.aggregator.evaluator import PoolEvaluator
 from workers.aggregator.user_dp import UserLevelRound, first_round_epsilon
+from workers.learning.fedavg import scaled
 from workers.learning.robust import aggregator_for
 from workers.learning.strategies import server_step
 
@@ -171,8 +172,14 @@ class AggregatorWorker:
             clip_norm=rules.clip_norm,
             max_weight=self._max_weight if rules.max_sample_weight is None else rules.max_sample_weight,
         )
-        for digest, num_samples in zip(event.update_digests, event.sample_counts, strict=True):
+        staleness = event.staleness or (0,) * len(event.update_ids)
+        if len(staleness) != len(event.update_ids):
+            await self._fail(envelope, event, "QuorumReached's staleness does not match its updates")
+            return
+        for digest, num_samples, tau in zip(event.update_digests, event.sample_counts, staleness, strict=True):
             delta = decompress_update(await self._log.get_blob(digest))
+            if tau:  # FedBuff: an update trained `tau` versions ago counts s(tau) of one trained on the base
+                delta = scaled(delta, config.strategy.staleness_weight(tau))
             await asyncio.to_thread(aggregator.add, delta, num_samples)
         try:
             combined = await asyncio.to_thread(aggregator.result)

@@ -84,6 +84,15 @@ class StreamingFedAvg:
             total[start : start + _BLOCK] += scratch
 
 
+def scaled(update: TensorMapping, factor: float) -> TensorDict:
+    """``factor * update`` for float tensors (in their dtype); other tensors as they are."""
+    out: TensorDict = {}
+    for name, tensor in update.items():
+        array = np.asarray(tensor)
+        out[name] = np.multiply(array, factor).astype(array.dtype) if array.dtype.kind == "f" else array
+    return out
+
+
 def apply_update(base: TensorMapping, delta: TensorMapping, *, server_lr: float = 1.0) -> TensorDict:
     """``base + server_lr * delta`` for float tensors (in base's dtype); other tensors copied from base."""
     unknown = sorted(set(delta) - set(base))

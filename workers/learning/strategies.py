@@ -5,6 +5,7 @@ With Δ the combined client update (the weighted mean of ``trained - base``), η
 t the round's step count (Reddi et al. 2021, Algorithm 2; Hsu et al. 2019 for server momentum):
 
     fedavg, fedprox   x ← x + Δ
+    fedbuff           x ← x + η Δ, Δ = Σ n_i s(τ_i) Δ_i / Σ n_i over the buffer (Nguyen et al. 2022, Alg. 1)
     fedavgm           m ← β m + Δ;                                   x ← x + η m
     fedadagrad        m ← β1 m + (1 - β1) Δ;  v ← v + Δ²;            x ← x + η m̂ / (√v + τ)
     fedadam           m ← β1 m + (1 - β1) Δ;  v ← β2 v + (1 - β2) Δ²; x ← x + η m̂ / (√v̂ + τ)
@@ -13,19 +14,21 @@ t the round's step count (Reddi et al. 2021, Algorithm 2; Hsu et al. 2019 for se
 m and v start at 0. With bias_correction (the default) m̂ = m / (1 - β1^t) and v̂ = v / (1 - β2^t), as in
 Adam (Kingma & Ba 2015), so the first rounds are not damped towards 0; without it m̂ = m and v̂ = v, the
 paper's Algorithm 2 as written. Adagrad's v is a sum and is never corrected. Tensors that are not floating
-point (counters, buffers) are copied from the model unchanged.
+point (counters, buffers) are copied from the model unchanged. FedBuff's staleness weight s(τ) scales each
+update before it is combined (the aggregator does it, with `StrategyConfig.staleness_weight`), so with equal
+sample counts Δ is the paper's (1/K) Σ s(τ_i) Δ_i.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from contracts.strategy import FEDADAGRAD, FEDADAM, FEDAVG, FEDAVGM, FEDPROX, FEDYOGI, StrategyConfig
+from contracts.strategy import FEDADAGRAD, FEDADAM, FEDAVG, FEDAVGM, FEDBUFF, FEDPROX, FEDYOGI, StrategyConfig
 from contracts.tensors import TensorDict, TensorMapping
 from workers.learning.fedavg import apply_update
 
 STEP = "step"  # the state's round counter t, as a float32 array of one element
-STRATEGY_NAMES = (FEDAVG, FEDAVGM, FEDADAGRAD, FEDADAM, FEDYOGI, FEDPROX)  # a test pins it to the catalog
+STRATEGY_NAMES = (FEDAVG, FEDAVGM, FEDADAGRAD, FEDADAM, FEDYOGI, FEDPROX, FEDBUFF)  # a test pins it to the catalog
 
 
 def server_step(
@@ -36,6 +39,8 @@ def server_step(
     if name in (FEDAVG, FEDPROX):
         return apply_update(base, update), {}
     floats = sorted(k for k in base if np.asarray(base[k]).dtype.kind == "f")
+    if name == FEDBUFF:
+        return apply_update(base, update, server_lr=float(strategy.option("server_lr"))), {}
     deltas = {k: np.asarray(update[k], dtype=np.float64) for k in floats}
     if name == FEDAVGM:
         beta, lr = float(strategy.option("momentum")), float(strategy.option("server_lr"))

@@ -80,6 +80,20 @@ def test_fedadagrad_sums_squared_updates_without_correcting_them() -> None:
     np.testing.assert_allclose(x2["w"], [1.1651142, 0.8671406], rtol=1e-6)
 
 
+def test_fedbuff_steps_by_its_server_learning_rate_and_weights_staleness_as_in_the_paper() -> None:
+    # Nguyen et al. 2022, Algorithm 1: x <- x + eta * mean(s(tau) * delta), s(tau) = (1 + tau)^-a, a = 0.5.
+    x1, x2, state = two_rounds("fedbuff", server_lr=0.5)
+    np.testing.assert_allclose(x1["w"], [1.1, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(x2["w"], [1.15, 0.85], rtol=1e-6)
+    assert state == {}
+    fedbuff = StrategyConfig(name="fedbuff")
+    assert [fedbuff.staleness_weight(t) for t in (0, 3, 8)] == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert StrategyConfig(name="fedbuff", options={"staleness_exponent": 0.0}).staleness_weight(5) == 1.0
+    assert StrategyConfig(name="fedavg").staleness_weight(5) == 1.0
+    assert (fedbuff.asynchronous, fedbuff.buffer_size, fedbuff.max_staleness) == (True, 5, 4)
+    assert not StrategyConfig(name="fedavg").asynchronous and StrategyConfig(name="fedavg").buffer_size == 0
+
+
 def test_tensors_that_are_not_floats_pass_through_every_strategy() -> None:
     for name in STRATEGIES:
         x1, _, _ = two_rounds(name)
@@ -102,6 +116,9 @@ def test_the_server_steps_cover_exactly_the_registry_of_names() -> None:
         ({"name": "fedadam", "server_lr": float("nan")}, "strategy.server_lr", "number"),
         ({"name": "fedadagrad", "beta2": 0.9}, "strategy.beta2", "not an option of fedadagrad"),
         ("fedadam", "strategy", "table"),
+        ({"name": "fedbuff", "buffer_size": 2.5}, "strategy.buffer_size", "whole number"),
+        ({"name": "fedbuff", "buffer_size": 0}, "strategy.buffer_size", "[1, 100000]"),
+        ({"name": "fedbuff", "max_staleness": -1}, "strategy.max_staleness", "[0, 100000]"),
     ],
 )
 def test_a_bad_strategy_is_a_config_error_naming_the_option(data: Any, field: str, says: str) -> None:

@@ -88,3 +88,34 @@ def test_the_coordinator_hands_the_latest_state_to_the_next_quorum() -> None:
 
     quorum = next(e for e in accepted if isinstance(e, QuorumReached))
     assert run.server_state == "s1" and quorum.server_state == "s1"
+
+
+def test_fedbuff_scales_each_update_by_its_staleness_weight_before_the_weighted_mean() -> None:
+    # Two updates, 10 and 30 samples, trained 0 and 3 versions behind the base (s = 1 and 1/2):
+    # x = [1, 1] + (10 [0.2, -0.4] + 30 * 0.5 [0.1, 0.1]) / 40 = [1.0875, 0.9375].
+    async def scenario() -> RoundAggregated:
+        log = InMemoryEventLog()
+        model, manifest = encode_with_manifest(BASE)
+        await log.put_blob(manifest.digest, "model", model)
+        config = RunConfig(strategy=StrategyConfig(name="fedbuff", options={"buffer_size": 2})).to_dict()
+        init = ModelInitialized(run_id="r", model_version=0, model_digest=manifest.digest, num_parameters=2)
+        await log.append("run:r", [Envelope(event=RunCreated(run_id="r", config=config)), Envelope(event=init)])
+        digests = []
+        for update in ({"w": np.array([0.2, -0.4], np.float32)}, {"w": np.array([0.1, 0.1], np.float32)}):
+            payload = compress_update(update, parse_compression("fp32")).payload
+            digests.append(hashlib.sha256(payload).hexdigest())
+            await log.put_blob(digests[-1], "update", payload)
+        quorum = QuorumReached(
+            run_id="r", round=4, model_version=3, update_ids=("u1", "u2"), partial=False,
+            base_model_digest=manifest.digest, update_digests=tuple(digests), sample_counts=(10, 30),
+            staleness=(0, 3),
+        )  # fmt: skip
+        await AggregatorWorker(log, cast(PoolEvaluator, NoEvaluation())).handle(Envelope(event=quorum))
+        events = [r.envelope.event for r in await log.read_stream("run:r")]
+        done = [e for e in events if isinstance(e, RoundAggregated)]
+        assert len(done) == 1, events
+        weights = decode_tensors(await log.get_blob(done[0].model_digest))
+        np.testing.assert_allclose(weights["w"], [1.0875, 0.9375], rtol=1e-6)
+        return done[0]
+
+    assert asyncio.run(scenario()).model_version == 4
