@@ -1,6 +1,7 @@
 """A stateful strategy (FedAdam) over separate processes: its server state outlives an aggregator killed with
 SIGKILL and a coordinator restart, because it is a blob named by each RoundAggregated and handed to the next
-QuorumReached, never memory of one process. User-level DP's adaptive clip norm travels the same way."""
+QuorumReached, never memory of one process. User-level DP's adaptive clip norm travels the same way, and
+FedBuff's buffers lose and double-count nothing when an aggregator dies while one fills."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 
 import pytest
 
-from contracts.events import Event, QuorumReached, RoundAggregated, RunCompleted
+from contracts.events import Event, QuorumReached, RoundAggregated, RunCompleted, UpdateAccepted
 from contracts.tensor_codec import decode_tensors
 from tests.deployed.world import Deployment, of_type
 from workers.learning.strategies import STEP
@@ -86,3 +87,37 @@ def test_the_adaptive_clip_norm_survives_an_aggregator_kill(deployment: Deployme
     assert second.metrics["user_clip_norm"] == kept[1]["clip_norm"] and kept[2]["rounds"] == 2.0
     assert second.metrics["user_epsilon"] > first.metrics["user_epsilon"] > 0
     assert [e.sampling["kind"] for e in of_type(events, QuorumReached)] == ["poisson", "poisson"]
+
+
+async def kill_mid_buffer(deployment: Deployment) -> list[Event]:
+    async with deployment.run_log() as log:
+        await log.until(aggregated(1), what="buffer 1 aggregated")
+        await log.until(lambda e: any(u.round == 2 for u in of_type(e, UpdateAccepted)), what="buffer 2 filling")
+        deployment.fleet["aggregator-a"].kill()  # SIGKILL while buffer 2 fills: its queue share goes to b
+        return await log.until(lambda e: bool(of_type(e, RunCompleted)), what="RunCompleted", within=400)
+
+
+def test_fedbuff_loses_and_double_counts_no_update_when_an_aggregator_is_killed_mid_buffer(
+    deployment: Deployment,
+) -> None:
+    deployment.write_config(clients=3, rounds=4, strategy={"name": "fedbuff", "buffer_size": 2})
+    deployment.start_coordinator()
+    deployment.start_aggregator("aggregator-a")
+    deployment.start_aggregator("aggregator-b")
+    for i in range(3):
+        deployment.start_client(f"client-{i}")
+
+    events = asyncio.run(kill_mid_buffer(deployment))
+
+    assert of_type(events, RunCompleted)[0].reason == "max_rounds"
+    done = {(e.round, e.attempt) for e in of_type(events, RoundAggregated)}
+    quorums = [q for q in of_type(events, QuorumReached) if (q.round, q.attempt) in done]
+    assert [q.round for q in quorums] == [1, 2, 3, 4] and all(len(q.update_ids) == 2 for q in quorums)
+    counted = [u for q in quorums for u in q.update_ids]
+    assert len(counted) == len(set(counted))  # no update in two buffers
+    last = events.index(quorums[-1])
+    for position, accepted in enumerate(events):  # every update accepted before the last buffer closed counts
+        if isinstance(accepted, UpdateAccepted) and position < last:
+            assert accepted.update_id in counted, accepted
+    # three clients trained on version 0 and buffer 1 took two: the third counted later, staleness-weighted
+    assert quorums[0].staleness == (0, 0) and any(s > 0 for q in quorums[1:] for s in q.staleness)
