@@ -39,14 +39,16 @@ class Device:
     straggler: bool
 
 
-def draw_devices(count: int, *, base_compute_s: float, seed: int = 0) -> list[Device]:
-    """Seeded devices: most 1-1.5x `base_compute_s`, a fifth 3-5x; uplinks log-uniform in UPLINK_MBIT."""
+def draw_devices(
+    count: int, *, base_compute_s: float, seed: int = 0, uplink_mbit: tuple[float, float] = UPLINK_MBIT
+) -> list[Device]:
+    """Seeded devices: most 1-1.5x `base_compute_s`, a fifth 3-5x; uplinks log-uniform in `uplink_mbit`."""
     rng = random.Random(seed * 1000 + count)
     slow = set(rng.sample(range(count), round(STRAGGLERS * count)))
     devices = []
     for index in range(count):
         factor = rng.uniform(3.0, 5.0) if index in slow else rng.uniform(1.0, 1.5)
-        mbit = math.exp(rng.uniform(math.log(UPLINK_MBIT[0]), math.log(UPLINK_MBIT[1])))
+        mbit = math.exp(rng.uniform(math.log(uplink_mbit[0]), math.log(uplink_mbit[1])))
         devices.append(
             Device(compute_s=base_compute_s * factor, uplink_bytes_per_s=mbit * 1e6 / 8, straggler=index in slow)
         )
