@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from contracts.capability import PlansConfig
 from contracts.catalog import AGGREGATORS, FEDAVG, KRUM, MNIST_DP_CNN, MODELS, check_task_ref
 from contracts.checks import check_int, check_range
 from contracts.compression import parse_compression
@@ -148,6 +149,7 @@ class RunConfig:
     round: RoundConfig = field(default_factory=RoundConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     user_privacy: UserPrivacyConfig = field(default_factory=UserPrivacyConfig)
+    plans: PlansConfig = field(default_factory=PlansConfig)
 
     def __post_init__(self) -> None:
         if self.init_model is not None and not (
@@ -192,13 +194,20 @@ class RunConfig:
         """Build from plain data (TOML, JSON, an event); unknown keys are errors naming the key.
 
         Configs written before tasks (``model`` and ``dataset``, e.g. in an older event log) read as the
-        built-in task of that model; those written before ``user_privacy`` have it off."""
+        built-in task of that model; those written before ``user_privacy`` or ``plans`` have them off."""
         data = upcast_task(data)
         privacy = _section(PrivacyConfig, "privacy", data.pop("privacy", {}))
         round_ = _section(RoundConfig, "round", data.pop("round", {}))
         strategy = StrategyConfig.from_dict(data.pop("strategy", {}))
         user_privacy = _section(UserPrivacyConfig, "user_privacy", data.pop("user_privacy", {}))
-        sections = {"privacy": privacy, "round": round_, "strategy": strategy, "user_privacy": user_privacy}
+        plans = _section(PlansConfig, "plans", data.pop("plans", {}))
+        sections = {
+            "privacy": privacy,
+            "round": round_,
+            "strategy": strategy,
+            "user_privacy": user_privacy,
+            "plans": plans,
+        }
         config: RunConfig = _build(cls, "", {**data, **sections})
         return config
 

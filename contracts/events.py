@@ -52,7 +52,11 @@ SAMPLING_BUFFER: Final = "buffer"
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoundStarted:
     """A round's attempt opened for `selected`. `sampling` says how they were drawn, e.g.
-    ``{"kind": "poisson", "rate": 0.1, "population": 240}``; events written before it decode with it empty."""
+    ``{"kind": "poisson", "rate": 0.1, "population": 240}``; events written before it decode with it empty.
+
+    `plans` (capability-aware plans, ``[run.plans] adaptive``): client id -> what that client does instead of
+    `train`'s local work and codec, and why, e.g. ``{"c1": {"max_steps": 12, "compression": "topk:0.1+int8",
+    "why": "..."}}`` (contracts.capability.ClientPlan); a selected client with no entry trains `train` as is."""
 
     run_id: str
     round: int
@@ -63,12 +67,14 @@ class RoundStarted:
     deadline: float
     train: JsonDict
     sampling: JsonDict = field(default_factory=dict)
+    plans: JsonDict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateAccepted:
     """An update validated and stored for `round`. `model_version` is the version it was trained on: the round's
-    own in a synchronous run, possibly an older one under FedBuff (-1: written before it was recorded)."""
+    own in a synchronous run, possibly an older one under FedBuff (-1: written before it was recorded). `codec`
+    is the compression it was sent with ("": written before it was recorded)."""
 
     run_id: str
     round: int
@@ -83,6 +89,7 @@ class UpdateAccepted:
     metrics: JsonDict
     late: bool = False
     model_version: int = -1
+    codec: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from contracts.capability import Capability, measured
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.evaluation import EVAL_SAMPLES, FederatedEvaluation, federated_evaluation
@@ -142,6 +143,8 @@ class RunState:
     summaries: list[RoundSummary] = field(default_factory=list)
     # FedBuff: client -> (round, model version) of the work it was given and has not answered yet
     assigned: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Capability-aware plans: what each client's rounds cost, from its accepted updates' measurements
+    capabilities: dict[str, Capability] = field(default_factory=dict)
 
     @property
     def latest_model(self) -> tuple[int, str] | None:
@@ -177,6 +180,8 @@ class RunState:
     def apply(self, event: Event, occurred_at: float, traceparent: str | None = None) -> None:
         """Fold one event into the state; events that do not change a run's state are ignored."""
         self._release(event)
+        if isinstance(event, UpdateAccepted):
+            self._measure(event)
         match event:
             case RunCreated():
                 self.created_at = occurred_at
@@ -244,6 +249,19 @@ class RunState:
                     del self.assigned[event.client_id]
             case _:
                 pass
+
+    def _measure(self, event: UpdateAccepted) -> None:
+        """Whatever round it answers, on time or late: a straggler's late update measures it best."""
+        capability = measured(
+            self.capabilities.get(event.client_id),
+            event.metrics,
+            num_samples=event.num_samples,
+            raw_bytes=event.raw_bytes,
+            codec=event.codec,
+            wire_bytes=event.wire_bytes,
+        )
+        if capability is not None:
+            self.capabilities[event.client_id] = capability
 
     def _accept(self, event: UpdateAccepted, occurred_at: float) -> None:
         current = self.current

@@ -6,11 +6,13 @@ The plain shape is the one every event log written so far holds; change it only 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.checks import BUDGET_TOLERANCE
+from contracts.capability import ClientPlan
+from contracts.checks import BUDGET_TOLERANCE, check_int
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig, upcast_task
 from contracts.errors import CodecError, ConfigError
 from contracts.strategy import FEDPROX, StrategyConfig
@@ -21,6 +23,7 @@ _PLAN_KEYS = frozenset(
     {
         *("task", "partition", "seed", "rounds"),
         *("epochs", "batch_size", "lr", "momentum", "compression", "train_limit", "privacy", "proximal_mu"),
+        "max_steps",
     }
 )
 _PRIVACY_KEYS = frozenset({"enabled", "epsilon", "delta", "max_grad_norm", "accountant"})
@@ -69,11 +72,19 @@ class TrainPlan:
     train_limit: int | None
     privacy: PlanPrivacy
     proximal_mu: float = 0.0  # FedProx: each local step is pulled toward the round's model by this much
+    max_steps: int | None = None  # a capability-aware plan's cap on the local steps (None: `epochs` whole)
+
+    def adapted(self, plan: ClientPlan | None) -> TrainPlan:
+        """This plan with one client's capability-aware local steps and codec (RoundStarted.plans)."""
+        if plan is None:
+            return self
+        return dataclasses.replace(self, max_steps=plan.max_steps, compression=plan.compression)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for RoundStarted.train."""
+        """Plain data for RoundStarted.train (`max_steps` only when set: the run's plan never sets it)."""
         privacy = self.privacy
-        return {
+        capped = {} if self.max_steps is None else {"max_steps": self.max_steps}
+        return capped | {
             "task": self.task,
             "partition": self.partition,
             "seed": self.seed,
@@ -103,7 +114,7 @@ class TrainPlan:
         if not isinstance(data, Mapping):
             raise CodecError(f"train: must be a map, got {data!r:.100}")
         try:
-            data = {"proximal_mu": 0.0, **upcast_task(dict(data))}
+            data = {"proximal_mu": 0.0, "max_steps": None, **upcast_task(dict(data))}
             data.pop("partition_count", None)  # written while the coordinator handed out shares
         except ConfigError as exc:
             raise CodecError(f"train.{exc.field}: {exc.message}") from exc
@@ -112,7 +123,7 @@ class TrainPlan:
         if isinstance(logged, Mapping):  # a plan written before accountants were chosen used RDP
             logged = {"accountant": "rdp", **logged}
         privacy = _keys("train.privacy", logged, _PRIVACY_KEYS)
-        limit = train["train_limit"]
+        limit, steps = train["train_limit"], train["max_steps"]
         plan = cls(
             task=_text("task", train["task"]),
             partition=_text("partition", train["partition"]),
@@ -125,6 +136,7 @@ class TrainPlan:
             compression=_text("compression", train["compression"]),
             train_limit=None if limit is None else _integer("train_limit", limit, "an integer or null"),
             proximal_mu=_number("proximal_mu", train["proximal_mu"]),
+            max_steps=None if steps is None else _integer("max_steps", steps, "an integer or null"),
             privacy=PlanPrivacy(
                 enabled=_flag("privacy.enabled", privacy["enabled"]),
                 epsilon=_number("privacy.epsilon", privacy["epsilon"]),
@@ -174,6 +186,8 @@ def plan_privacy(config: RunConfig) -> PlanPrivacy:
 def _check_ranges(plan: TrainPlan) -> None:
     """ConfigError unless some valid RunConfig has this plan (any client count: train_limit >= 1 here)."""
     privacy = plan.privacy
+    if plan.max_steps is not None:
+        check_int("max_steps", plan.max_steps, 1, 10_000_000)
     RunConfig(
         task=plan.task,
         partition=plan.partition,

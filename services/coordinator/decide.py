@@ -33,6 +33,7 @@ from contracts.train_plan import plan_for, plan_privacy
 from contracts.update_validation import RejectReason
 from contracts.uploads import UploadHeader
 from services.coordinator.errors import NoRoundOpen, UploadRefused
+from services.coordinator.plans import plan_clients
 from services.coordinator.rules import (
     RoundDecision,
     StopReason,
@@ -212,6 +213,7 @@ def accept(
         metrics=dict(header.metrics),
         late=current.closed,
         model_version=header.base_model_version,
+        codec=header.codec,
     )
     return then(run, [event], pool, now)
 
@@ -275,6 +277,7 @@ def _start_round(run: RunState, pool: ClientPool, now: float, round_: int, attem
     else:
         selected, sampling = _cohort(config, eligible, round_, attempt)
     plan = plan_for(config)
+    plans = plan_clients(config, selected, run.capabilities) if config.plans.adaptive else {}
     started = RoundStarted(
         run_id=run.run_id,
         round=round_,
@@ -285,6 +288,7 @@ def _start_round(run: RunState, pool: ClientPool, now: float, round_: int, attem
         deadline=now + config.round.timeout_s,
         train=plan.to_dict(),
         sampling=sampling,
+        plans={client: client_plan.to_dict() for client, client_plan in plans.items()},
     )
     # An empty Poisson sample is a round like any other for the accountant: it closes at once, and the
     # aggregator's step is noise only. Drawing again instead would condition the sample on being non-empty,

@@ -30,7 +30,9 @@ def test_a_selected_client_logs_selection_training_and_upload(caplog: pytest.Log
 
     said = messages(caplog)
     assert said[0] == "client c-1: selected for round 1 (attempt 1) of r"
-    assert re.fullmatch(r"client c-1: trained round 1 in \d+\.\d s on 500 samples \(epsilon \d+\.\d{3}\)", said[1])
+    assert re.fullmatch(
+        r"client c-1: trained round 1 in \d+\.\d s, \d+ steps on 500 samples \(epsilon \d+\.\d{3}\)", said[1]
+    )
     assert re.fullmatch(r"client c-1: uploaded round 1 \(\d+ bytes\)", said[2])
     assert len(said) == 3
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from contracts.capability import STEPS, TRAIN_S, UPLINK, ClientPlan
 from contracts.compression import ErrorFeedback, compress_update, parse_compression
 from contracts.envelope import Envelope
 from contracts.events import (
@@ -85,6 +86,7 @@ class ClientWorker:
         self._clock = clock
         self._runs: dict[str, RunMemory] = {}
         self._models: dict[str, TensorDict] = {}
+        self._uplink: float | None = None  # bytes per second of the last upload: reported with the next one
         self.rounds_trained = 0
 
     @property
@@ -103,7 +105,8 @@ class ClientWorker:
                 event.attempt,
                 event.run_id,
             )
-            plan = TrainPlan.from_dict(event.train)  # once, here: a CodecError dead-letters the event
+            # Once, here: a CodecError dead-letters the event.
+            plan = TrainPlan.from_dict(event.train).adapted(self._own_plan(event))
             attributes: dict[str, str | int] = {
                 "fedbus.client_id": self.client_id,
                 "fedbus.round": event.round,
@@ -114,6 +117,11 @@ class ClientWorker:
                 await self._on_round(event, plan)
         elif isinstance(event, RunCompleted):
             self._runs.pop(event.run_id, None)
+
+    def _own_plan(self, event: RoundStarted) -> ClientPlan | None:
+        """This client's capability-aware plan for the round, if the coordinator made one."""
+        data = event.plans.get(self.client_id)
+        return None if data is None else ClientPlan.from_dict(self.client_id, data)
 
     async def _on_round(self, event: RoundStarted, plan: TrainPlan) -> None:
         try:
@@ -140,12 +148,13 @@ class ClientWorker:
     async def _train_and_upload(self, event: RoundStarted, plan: TrainPlan, memory: RunMemory) -> None:
         privacy, dp = plan.privacy, memory.dp
         if dp is not None:
+            steps = dp.steps_per_round if plan.max_steps is None else min(plan.max_steps, dp.steps_per_round)
             after = await self._trainer.epsilon_after(  # the accountant's curves: CPU work, in the pool
                 memory.ledger,
                 privacy.accountant,
                 dp.noise_multiplier,
                 dp.sample_rate,
-                dp.steps_per_round,
+                steps,
                 privacy.delta,
             )
             if privacy.exceeded_by(after):
@@ -174,15 +183,18 @@ class ClientWorker:
             seed=plan.seed * 1000 + event.round * 7 + self._seed_offset,
             proximal_mu=plan.proximal_mu,
             accountant=privacy.accountant,
+            max_steps=plan.max_steps,
         )
         started = time.perf_counter()
         with _TRACER.start_as_current_span("train", attributes={"fedbus.samples": memory.num_samples}):
             result = await self._trainer.train(base, memory.request, config, memory.ledger)
+        train_s = time.perf_counter() - started
         log.info(
-            "client %s: trained round %s in %.1f s on %d samples (%s)",
+            "client %s: trained round %s in %.1f s, %d steps on %d samples (%s)",
             self.client_id,
             event.round,
-            time.perf_counter() - started,
+            train_s,
+            result.steps,
             result.num_samples,
             "no DP" if result.epsilon is None else f"epsilon {result.epsilon:.3f}",
         )
@@ -204,11 +216,13 @@ class ClientWorker:
             sha256=sha256_hex(compressed.payload),
             raw_bytes=compressed.raw_bytes,
             epsilon=result.epsilon,
-            metrics={k: float(v) for k, v in result.metrics.items()},
+            metrics={k: float(v) for k, v in result.metrics.items()} | self._measurements(train_s, result.steps),
         )
         try:
             with _TRACER.start_as_current_span("upload", attributes={"fedbus.bytes": len(compressed.payload)}):
+                sending = time.perf_counter()
                 await self._transport.upload(header, compressed.payload)
+                self._uplink = len(compressed.payload) / max(time.perf_counter() - sending, 1e-6)
             self.rounds_trained += 1
             log.info("client %s: uploaded round %s (%d bytes)", self.client_id, event.round, len(compressed.payload))
         except grpc.aio.AioRpcError as exc:
@@ -216,6 +230,11 @@ class ClientWorker:
             log.warning(
                 "client %s: upload for round %s refused: %s %s", self.client_id, event.round, exc.code(), exc.details()
             )
+
+    def _measurements(self, train_s: float, steps: int) -> dict[str, float]:
+        """What this round cost, for the coordinator's capability-aware plans (contracts/capability.py)."""
+        uplink = {} if self._uplink is None else {UPLINK: self._uplink}
+        return {TRAIN_S: train_s, STEPS: float(steps)} | uplink
 
     async def _decline(self, event: RoundStarted, reason: str) -> None:
         try:
