@@ -96,6 +96,7 @@ async def _round_started(conn: AsyncConnection, e: RoundStarted, at: float) -> N
         "model_version": e.model_version,
         "model_digest": e.model_digest,
         "selected": list(e.selected),
+        "plans": dict(e.plans),
         "deadline": e.deadline,
         "started_at": at,
     }
@@ -121,6 +122,7 @@ async def _update_accepted(conn: AsyncConnection, e: UpdateAccepted, at: float) 
         "epsilon": e.epsilon,
         "metrics": e.metrics,
         "late": e.late,
+        "model_version": e.model_version if e.model_version >= 0 else None,  # -1: written before it was recorded
         "accepted_at": at,
     }
     keys = ["run_id", "round", "client_id"]

@@ -110,6 +110,8 @@ rounds = Table(
     Column("model_version", Integer, nullable=False),
     Column("model_digest", String(64), nullable=False),
     Column("selected", Json, nullable=False),
+    # client id -> its capability-aware plan (RoundStarted.plans); NULL: projected before revision 0003
+    Column("plans", Json, nullable=True),
     Column("deadline", Double, nullable=False),
     Column("started_at", Double, nullable=False),
     Column("quorum_at", Double, nullable=True),
@@ -152,6 +154,7 @@ updates = Table(
     Column("epsilon", Double, nullable=True),
     Column("metrics", Json, nullable=False),
     Column("late", Boolean, nullable=False),
+    Column("model_version", Integer, nullable=True),  # the version it was trained on; NULL: not recorded
     Column("accepted_at", Double, nullable=False),
     UniqueConstraint("run_id", "round", "client_id"),
 )

@@ -57,9 +57,26 @@ SCHEMAS: Final[Json] = {
             "raw_bytes": {"type": "integer"},
             "ratio": nullable("number"),
             "epsilon": nullable("number"),
-            "late": {"type": "boolean"},
+            "late": {"type": "boolean", "description": "arrived after its round closed"},
+            "model_version": {**nullable("integer"), "description": "the model it was trained on; null: not recorded"},
+            "aggregated_in": {
+                **nullable("integer"),
+                "description": "the round whose aggregation took it (under FedBuff a late update is carried into "
+                "the next buffer); null while none has",
+            },
+            "plan": {
+                "description": "its client's plan for the round; null: the client trained the run's plan",
+                "anyOf": [{"type": "null"}, ref("ClientPlan")],
+            },
             "metrics": METRICS,
             "accepted_at": TIME,
+        }
+    ),
+    "ClientPlan": obj(
+        {
+            "max_steps": {**nullable("integer"), "description": "local steps; null: the run's"},
+            "compression": {"type": "string"},
+            "why": {"type": "string"},
         }
     ),
     "Round": obj(
@@ -70,6 +87,12 @@ SCHEMAS: Final[Json] = {
             "model_version": {"type": "integer"},
             "model_digest": {"type": "string"},
             "selected": {"type": "array", "items": {"type": "string"}},
+            "plans": {
+                "type": ["object", "null"],
+                "description": "capability-aware plans: client id -> what that selected client trains instead of "
+                "the run's plan, and why ({}: every client trains the run's; null: not recorded)",
+                "additionalProperties": ref("ClientPlan"),
+            },
             "deadline": TIME,
             "started_at": TIME,
             "quorum_at": nullable("number"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from contracts.evaluation import federated_evaluation
@@ -66,23 +66,39 @@ def _since(start: float, end: float | None) -> float | None:
     return None if end is None else max(0.0, end - start)
 
 
-def _update(row: Record) -> Json:
+def _aggregated_in(rounds: Iterable[Record]) -> dict[str, int]:
+    """update_id -> the round whose aggregation took it. Not always its own: FedBuff carries an update that came
+    after its buffer closed into the next one. A round not (yet) aggregated took none."""
+    return {
+        str(update_id): int(row["round"])
+        for row in rounds
+        if row["status"] == "aggregated"
+        for update_id in row["update_ids"] or ()
+    }
+
+
+def _update(row: Record, plans: Mapping[str, Any], aggregated_in: Mapping[str, int]) -> Json:
+    """One accepted update, with its client's plan for the round (None: the run's) and where it was aggregated."""
     fields = ("update_id", "client_id", "num_samples", "digest", "wire_bytes", "raw_bytes", "ratio", "epsilon")
     return {name: row[name] for name in fields} | {
         "late": bool(row["late"]),
+        "model_version": row["model_version"],
+        "aggregated_in": aggregated_in.get(row["update_id"]),
+        "plan": plans.get(row["client_id"]),
         "metrics": row["metrics"],
         "accepted_at": row["accepted_at"],
     }
 
 
 def rounds_view(
-    rounds: Iterable[Record], accepted: Iterable[Record], rejected: Iterable[Record], declined: Iterable[Record]
+    rounds: Sequence[Record], accepted: Iterable[Record], rejected: Iterable[Record], declined: Iterable[Record]
 ) -> list[Json]:
-    """Each round with its selection, accepted/rejected updates, declines, durations and metrics."""
+    """Each round with its selection and plans, accepted/rejected updates, declines, durations and metrics."""
     ups, refusals, declines = _by_round(accepted), _by_round(rejected), _by_round(declined)
+    taken = _aggregated_in(rounds)
     views = []
     for row in rounds:
-        number, started = int(row["round"]), float(row["started_at"])
+        number, started, plans = int(row["round"]), float(row["started_at"]), row["plans"]
         views.append(
             finite_doc(
                 {
@@ -92,6 +108,7 @@ def rounds_view(
                     "model_version": row["model_version"],
                     "model_digest": row["model_digest"],
                     "selected": list(row["selected"]),
+                    "plans": plans,
                     "deadline": row["deadline"],
                     "started_at": started,
                     "quorum_at": row["quorum_at"],
@@ -106,7 +123,7 @@ def rounds_view(
                         "aggregation_s": row["duration_s"],
                         "total_s": _since(started, row["aggregated_at"]),
                     },
-                    "accepted": [_update(u) for u in ups.get(number, [])],
+                    "accepted": [_update(u, plans or {}, taken) for u in ups.get(number, [])],
                     "federated_evaluation": _federated(row["model_version"], ups.get(number, [])),
                     "rejected": [
                         {"client_id": r["client_id"], "reason": r["reason"], "detail": r["detail"], "at": r["at"]}

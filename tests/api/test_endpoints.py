@@ -6,15 +6,27 @@ import uuid
 
 import pytest
 import requests
+import schemathesis
 
 from contracts.catalog import MODELS
 from contracts.events import ClientRegistered
+from services.api.openapi import openapi_document
 from services.api.server import ApiServer
 from tests.api.conftest import ADMIN_TOKEN, VIEWER_TOKEN, auth, on_log
-from tests.api.world import CLIENTS, TARGET_EPSILON, accuracy_of, append, loss_of
+from tests.api.world import (
+    BRAVO_PLAN,
+    CLIENTS,
+    FEDBUFF_CLIENTS,
+    TARGET_EPSILON,
+    accuracy_of,
+    append,
+    loss_of,
+    play_fedbuff,
+)
 
 VIEW = auth(VIEWER_TOKEN)
 ADMIN = auth(ADMIN_TOKEN)
+DOCUMENT = schemathesis.openapi.from_dict(openapi_document())
 
 
 def get(api: ApiServer, path: str, headers: dict[str, str] = VIEW) -> requests.Response:
@@ -58,6 +70,42 @@ def test_rounds_show_selection_accepted_and_rejected_updates_with_reasons(api: A
     assert first["durations"]["aggregation_s"] == 0.25
     assert first["durations"]["total_s"] >= 0
     assert first["new_model_version"] == 1
+
+
+def test_rounds_show_each_clients_plan_and_the_round_that_aggregated_each_update(api: ApiServer) -> None:
+    response = get(api, "/api/v1/runs/run-a/rounds")
+
+    DOCUMENT["/api/v1/runs/{run_id}/rounds"]["GET"].validate_response(response)
+    first = response.json()["rounds"][0]
+    assert first["plans"] == {CLIENTS[1]: BRAVO_PLAN}
+    assert [(u["client_id"], u["plan"]) for u in first["accepted"]] == [(CLIENTS[0], None), (CLIENTS[1], BRAVO_PLAN)]
+    assert [u["aggregated_in"] for u in first["accepted"]] == [1, 1]
+    assert [u["model_version"] for u in first["accepted"]] == [None, None]  # written without it: not recorded
+
+
+def test_a_fedbuff_update_carried_past_its_buffer_shows_the_round_that_aggregated_it(
+    api: ApiServer, database_url: str
+) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    on_log(database_url, lambda log: play_fedbuff(log, run_id))
+
+    listed, one = get(api, f"/api/v1/runs/{run_id}/rounds"), get(api, f"/api/v1/runs/{run_id}/rounds/1")
+
+    DOCUMENT["/api/v1/runs/{run_id}/rounds"]["GET"].validate_response(listed)
+    DOCUMENT["/api/v1/runs/{run_id}/rounds/{round}"]["GET"].validate_response(one)
+    rounds = listed.json()["rounds"]
+    assert one.json() == rounds[0]
+    shown = {(r["round"], u["client_id"]): u for r in rounds for u in r["accepted"]}
+    seen = {key: (u["late"], u["model_version"], u["aggregated_in"]) for key, u in shown.items()}
+    assert seen == {
+        (1, FEDBUFF_CLIENTS[0]): (False, 0, 1),
+        (1, FEDBUFF_CLIENTS[1]): (False, 0, 1),
+        (1, FEDBUFF_CLIENTS[2]): (True, 0, 2),  # late for its buffer, carried into round 2's
+        (2, FEDBUFF_CLIENTS[0]): (False, 1, 2),
+        (2, FEDBUFF_CLIENTS[1]): (True, 1, None),  # carried into round 3's buffer, still open
+    }
+    assert [r["plans"] for r in rounds] == [{}, {}, {}]
+    assert all(u["plan"] is None for u in shown.values())
 
 
 def test_one_round_is_served_and_an_unknown_round_is_404(api: ApiServer) -> None:

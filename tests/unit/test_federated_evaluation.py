@@ -57,13 +57,13 @@ def test_the_fold_scores_the_model_each_round_started_from() -> None:
 def test_the_api_shows_each_rounds_federated_evaluation_or_null() -> None:
     row = {
         "round": 2, "attempt": 1, "status": "aggregated", "model_version": 1, "model_digest": "m1",
-        "selected": ["a"], "deadline": 9.0, "started_at": 1.0, "quorum_at": 2.0, "aggregated_at": 3.0,
+        "selected": ["a"], "plans": {}, "deadline": 9.0, "started_at": 1.0, "quorum_at": 2.0, "aggregated_at": 3.0,
         "partial": False, "new_model_version": 2, "new_model_digest": "m2", "metrics": {}, "duration_s": 1.0,
-        "failure_reason": None,
+        "failure_reason": None, "update_ids": ["u"],
     }  # fmt: skip
     update = {
         "round": 2, "update_id": "u", "client_id": "a", "num_samples": 10, "digest": "d", "wire_bytes": 1,
-        "raw_bytes": 4, "ratio": 4.0, "epsilon": None, "late": False, "accepted_at": 2.0,
+        "raw_bytes": 4, "ratio": 4.0, "epsilon": None, "late": False, "model_version": 1, "accepted_at": 2.0,
         "metrics": {"eval_samples": 20.0, "eval_accuracy": 0.75, "eval_loss": 0.5},
     }  # fmt: skip
 
