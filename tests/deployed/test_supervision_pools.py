@@ -80,5 +80,6 @@ def test_a_run_completes_after_the_pool_workers_of_its_aggregator_and_client_wer
         assert worker not in pool_workers(process.pid)
     rounds = client.output()
     assert re.search(r"client c-\w+: selected for round 1 \(attempt \d+\) of run-", rounds), rounds
-    assert re.search(r"client c-\w+: trained round 1 in [\d.]+ s on \d+ samples \(epsilon [\d.]+\)", rounds), rounds
+    trained = r"client c-\w+: trained round 1 in [\d.]+ s, \d+ steps on \d+ samples \(epsilon [\d.]+\)"
+    assert re.search(trained, rounds), rounds
     assert re.search(r"client c-\w+: uploaded round 1 \(\d+ bytes\)", rounds), rounds

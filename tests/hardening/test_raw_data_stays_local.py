@@ -16,6 +16,7 @@ import torch
 import zstandard
 
 from broker.in_memory_broker import InMemoryBroker
+from contracts.capability import STEPS, TRAIN_S
 from contracts.compression import decompress_update
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.envelope import Envelope
@@ -41,7 +42,9 @@ from workers.learning.models import build_model, to_numpy
 DATA_DIR = os.environ.get("FEDBUS_DATA_DIR", "/work/shared/datasets")
 CLIENTS, SAMPLES = 2, 300
 HEADER_FIELDS = {f.name for f in pb.UpdateHeader.DESCRIPTOR.fields}
-DECLARED_METRICS = {"loss", "accuracy", "samples_per_second", "train_seconds"}
+# What the training loop measures, then what the client reports for capability-aware plans (its first upload has
+# no uplink speed yet: contracts/capability.py).
+DECLARED_METRICS = {"loss", "accuracy", "samples_per_second", "train_seconds", TRAIN_S, STEPS}
 
 
 Sent = list[tuple[str, Any]]
