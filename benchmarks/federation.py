@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.capability import PlansConfig
 from contracts.catalog import MNIST_DP_CNN
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.run_state import RoundSummary
@@ -52,6 +53,7 @@ def bench_config(
     max_grad_norm: float = 1.0,
     accountant: str = "rdp",
     strategy: StrategyConfig | None = None,
+    plans: PlansConfig | None = None,
 ) -> RunConfig:
     """`task` (mnist_dp_cnn unless named), by default with the first version's DP-SGD settings for it (batch 128,
     lr 0.5, momentum 0.5, clip 1.0, RDP, FedAvg); epsilon None: no DP."""
@@ -82,6 +84,7 @@ def bench_config(
             local_epochs=local_epochs,
         ),
         strategy=strategy or StrategyConfig(),
+        plans=plans or PlansConfig(),
     )
 
 

@@ -1,11 +1,15 @@
-"""Heterogeneous clients: synchronous FedAvg, quorum 0.8 and FedBuff on the same seeded slow devices and links.
+"""Heterogeneous clients: synchronous FedAvg, quorum 0.8, capability-aware plans and FedBuff on the same seeded
+slow devices and links.
 
 The devices and links are latency.py's emulation (`SlowTrainer` adds each client's device time to its real
-training, `ThrottledClient` holds each upload for size / uplink), with the uplinks spread over 0.5-50 Mbit/s.
-Every mode sends int8 updates, so the comparison is of the round policy alone:
+training, in proportion to the steps it took; `ThrottledClient` holds each upload for size / uplink), with the
+uplinks spread over 0.5-50 Mbit/s. Every mode sends int8 updates unless its plans choose a smaller codec:
 
 - **synchronous**: FedAvg, quorum 1.0: every round waits for the slowest client.
 - **quorum 0.8**: FedAvg, quorum 0.8, grace 0: the slowest fifth's updates are recorded late, not aggregated.
+- **capability-aware**: quorum 0.8 with ``[run.plans] adaptive``: from its second round each client trains the
+  local steps that fit the median client's round time (at least a quarter epoch) and sends int8, or
+  top-k 10% + int8 when int8 would take more than half of that time on its link.
 - **FedBuff**: buffers of K updates, every client training at once, staleness weight (1 + tau)^-0.5, at most
   4 versions stale; nobody's work is cut off. K is chosen from two values at the first client count by time to
   target (the other modes have no knob left: the issue fixes their quorums), and the page shows both.
@@ -24,9 +28,14 @@ from pathlib import Path
 from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, data_scope, federate, reached
 from benchmarks.latency import STRAGGLERS, Device, SlowTrainer, ThrottledClient, draw_devices
+from contracts.capability import PlansConfig
 from contracts.strategy import FEDBUFF, StrategyConfig
 
 UPLINK_MBIT = (0.5, 50.0)
+# Small batches, so that a client has local steps to spare: at 50 clients of 6,000 samples, batch 128 is one step
+# a round and a plan could cut nothing. The same for every mode.
+BATCH_SIZE, LR = 32, 0.2
+PLANS = PlansConfig(adaptive=True, codecs=("int8", "topk:0.1+int8"))  # target: the median; min_work 0.25
 BUFFER_FRACTIONS = (0.2, 0.4)  # FedBuff's K as a fraction of the clients, the two values tried
 
 
@@ -36,6 +45,7 @@ def _federate(
     *,
     quorum: float,
     buffer: int | None,
+    plans: PlansConfig | None,
     data_dir: str | None,
     rounds: int,
     train_limit: int | None,
@@ -53,6 +63,9 @@ def _federate(
         quorum=quorum,
         target_accuracy=target,
         strategy=strategy,
+        plans=plans,
+        batch_size=BATCH_SIZE,
+        lr=LR,
     )
     return federate(
         config,
@@ -82,9 +95,11 @@ def run(
 ) -> list[str]:
     """Every mode at every client count on the same devices; the table, the speed-ups and a plot."""
 
-    def one(devices: list[Device], quorum: float, buffer: int | None) -> FederatedResult:
+    def one(
+        devices: list[Device], quorum: float, buffer: int | None, plans: PlansConfig | None = None
+    ) -> FederatedResult:
         return _federate(
-            executor, devices, quorum=quorum, buffer=buffer, data_dir=data_dir, rounds=rounds,
+            executor, devices, quorum=quorum, buffer=buffer, plans=plans, data_dir=data_dir, rounds=rounds,
             train_limit=train_limit, eval_limit=eval_limit, target=target,
         )  # fmt: skip
 
@@ -95,6 +110,7 @@ def run(
         devices = draw_devices(count, base_compute_s=base_compute_s, uplink_mbit=UPLINK_MBIT)
         results[(count, "synchronous")] = one(devices, 1.0, None)
         results[(count, "quorum 0.8")] = one(devices, 0.8, None)
+        results[(count, "capability-aware")] = one(devices, 0.8, None, PLANS)
         if index == 0:
             for fraction in BUFFER_FRACTIONS:
                 buffer = max(1, round(fraction * count))
@@ -108,12 +124,16 @@ def run(
     samples, tests = data_scope(train_limit, eval_limit)
     lines = [
         f"`mnist_dp_cnn` without DP, clients sharing {samples} MNIST training samples (IID), one local epoch per "
-        f"round (batch 128, lr 0.5, momentum 0.5), int8 updates, test accuracy on {tests} test samples, until "
+        f"round (batch {BATCH_SIZE}, lr {LR:g}, momentum 0.5), int8 updates, test accuracy on {tests} test "
+        "samples, until "
         f"{target:.0%} or the same budget of client updates ({rounds} x every client). Seeded devices: "
         f"each client's round costs its real training plus {base_compute_s:g} s x a speed factor (1-1.5x; "
         f"{STRAGGLERS:.0%} stragglers at 3-5x), uploads through its own {UPLINK_MBIT[0]:g}-{UPLINK_MBIT[1]:g} "
         "Mbit/s uplink (log-uniform). Same devices for every mode; real gRPC, SQLite log, in-memory broker. "
         "**synchronous**: quorum 1.0. **quorum 0.8**: grace 0, the stragglers' updates recorded late. "
+        "**capability-aware**: quorum 0.8 and `[run.plans] adaptive = true`, codecs int8 then top-k 10% + int8: "
+        "from its second round each client trains the local steps that fit the median client's measured round "
+        "time (at least a quarter epoch), and sends top-k when int8 would take over half of it on its link. "
         "**FedBuff**: buffers of K updates, every client training, staleness weight (1 + tau)^-0.5, at most 4 "
         "versions stale.",
         "",
@@ -131,7 +151,9 @@ def run(
         (f"{count} clients", mode.split(" K=")[0]): [(row.elapsed_s, row.accuracy) for row in result.rows]
         for (count, mode), result in results.items()
     }
-    plots.accuracy_over_time(plot, curves, "synchronous, quorum 0.8 and FedBuff on heterogeneous clients")
+    plots.accuracy_over_time(
+        plot, curves, "synchronous, quorum 0.8, capability-aware plans and FedBuff on heterogeneous clients"
+    )
     lines += ["", f"![accuracy over wall-clock time]({plot.name})"]
     return lines
 

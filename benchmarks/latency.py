@@ -56,7 +56,8 @@ def draw_devices(
 
 
 class SlowTrainer(PoolTrainer):
-    """The pool trainer, then the device's extra compute time (the pool's cores stand in for many devices)."""
+    """The pool trainer, then the device's extra compute time (the pool's cores stand in for many devices), in
+    proportion to the steps taken: a capability-aware plan that halves a client's steps halves its device time."""
 
     def __init__(self, executor: Executor, device: Device) -> None:
         super().__init__(executor)
@@ -66,7 +67,8 @@ class SlowTrainer(PoolTrainer):
         self, base: TensorMapping, request: DataRequest, config: LocalTrainConfig, ledger: dict[str, object] | None
     ) -> LocalTrainResult:
         result = await super().train(base, request, config, ledger)
-        await asyncio.sleep(self._device.compute_s)
+        full = config.epochs * math.ceil(result.num_samples / config.batch_size)
+        await asyncio.sleep(self._device.compute_s * min(1.0, result.steps / full) if full else 0.0)
         return result
 
 

@@ -78,6 +78,8 @@ class Profile:
     user_rounds: int
     user_local_epochs: int
     heterogeneity_clients: tuple[int, ...]
+    heterogeneity_target: float  # full: the 95% without DP; quick: 90%, which its 6,000 samples allow
+    heterogeneity_rounds: int
 
 
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, None)
@@ -91,7 +93,7 @@ PROFILES = {
         task_rounds=20, task_epsilons=(3.0, 2.0, None), task_train_limit=None, task_eval_limit=None,
         startup_clients=10, startup_repeats=3, strategy_rounds=30, strategy_dp_rounds=15, strategy_target=0.97,
         strategy_partitions=STRATEGY_PARTITIONS, user_clients=100, user_rounds=5, user_local_epochs=5,
-        heterogeneity_clients=(25, 50),
+        heterogeneity_clients=(25, 50), heterogeneity_target=0.95, heterogeneity_rounds=30,
     ),
     "quick": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=6000, eval_limit=2000,
@@ -101,7 +103,7 @@ PROFILES = {
         task_rounds=20, task_epsilons=(3.0,), task_train_limit=None, task_eval_limit=None,
         startup_clients=10, startup_repeats=3, strategy_rounds=12, strategy_dp_rounds=4, strategy_target=0.9,
         strategy_partitions=STRATEGY_PARTITIONS, user_clients=100, user_rounds=5, user_local_epochs=5,
-        heterogeneity_clients=(25, 50),
+        heterogeneity_clients=(25, 50), heterogeneity_target=0.9, heterogeneity_rounds=20,
     ),
     "smoke": Profile(
         updates=3, params=10_000, repeats=1, samples=300, clients=10, train_limit=100, eval_limit=100,
@@ -111,7 +113,7 @@ PROFILES = {
         flower_install=False, task_rounds=1, task_epsilons=(3.0, None), task_train_limit=100, task_eval_limit=100,
         startup_clients=3, startup_repeats=1, strategy_rounds=1, strategy_dp_rounds=1, strategy_target=0.5,
         strategy_partitions=("iid",), user_clients=10, user_rounds=1, user_local_epochs=1,
-        heterogeneity_clients=(5,),
+        heterogeneity_clients=(5,), heterogeneity_target=0.5, heterogeneity_rounds=1,
     ),
 }  # fmt: skip
 
@@ -196,9 +198,11 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
     "latency": ("Latency with stragglers and slow uplinks", lambda c: latency.run(
         c.executor, data_dir=c.data_dir, client_counts=c.p.latency_clients, rounds=c.p.latency_rounds,
         target=c.p.latency_target, base_compute_s=c.p.device_s, plot=c.folder / "latency.png", **c.sizes), True),
-    "heterogeneity": ("Heterogeneous clients: synchronous, quorum 0.8 and FedBuff", lambda c: heterogeneity.run(
-        c.executor, data_dir=c.data_dir, client_counts=c.p.heterogeneity_clients, rounds=c.p.latency_rounds,
-        target=c.p.latency_target, base_compute_s=c.p.device_s, plot=c.folder / "heterogeneity.png", **c.sizes),
+    "heterogeneity": (
+        "Heterogeneous clients: synchronous, quorum 0.8, capability-aware plans and FedBuff",
+        lambda c: heterogeneity.run(
+        c.executor, data_dir=c.data_dir, client_counts=c.p.heterogeneity_clients, rounds=c.p.heterogeneity_rounds,
+        target=c.p.heterogeneity_target, base_compute_s=c.p.device_s, plot=c.folder / "heterogeneity.png", **c.sizes),
         True),
     "scale": ("Scale on RabbitMQ and PostgreSQL", lambda c: _scale(c.p, c.data_dir, c.folder / "scale.png"), False),
     "startup": ("Start-up of a deployment: fedbus up", lambda c: startup.run(
