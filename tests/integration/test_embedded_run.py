@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -192,3 +193,32 @@ def test_a_fedbuff_run_aggregates_every_update_once_with_its_staleness(tmp_path:
     assert len(aggregated) == len(set(aggregated))  # no update counted twice
     # Four clients trained on version 0 and the first buffer took two: the other two count, staleness-weighted.
     assert quorums[0]["staleness"] == [0, 0] and any(s > 0 for q in quorums[1:] for s in q["staleness"])
+
+
+def test_the_heterogeneous_example_plans_each_measured_clients_steps_and_codec(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+
+    example = Path(__file__).parents[2] / "examples" / "heterogeneous.toml"
+    done = fedbus("run", "--config", str(example), "--out", str(out), timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and 0 < summary["epsilon"] <= 3.0
+    with sqlite3.connect(out / "fedbus.db") as db:
+        rows = db.execute("SELECT type, payload FROM events ORDER BY position").fetchall()
+    events = [(kind, json.loads(payload)) for kind, payload in rows]
+    started = {p["round"]: p for kind, p in events if kind == "RoundStarted"}
+    accepted = {(p["round"], p["client_id"]): p for kind, p in events if kind == "UpdateAccepted"}
+    assert set(started[1]["plans"]) == set(started[1]["selected"])  # nobody measured yet: the run's plan
+    assert {p["max_steps"] for p in started[1]["plans"].values()} == {None}
+    for round_ in (2, 3):
+        for client, plan in started[round_]["plans"].items():
+            update = accepted.get((round_, client))
+            if update is None:
+                continue  # cut off by the quorum: nothing to compare
+            full = math.ceil(update["num_samples"] / 64)  # one local epoch at batch 64: the run's plan
+            assert update["metrics"]["steps"] == (plan["max_steps"] or full)
+            assert update["codec"] == plan["compression"] in ("int8", "topk:0.1+int8")
+            assert plan["max_steps"] is None or full / 4 <= plan["max_steps"] < full
+    # the median target is met by half the clients at most: someone's work was cut
+    assert any(p["max_steps"] is not None for r in (2, 3) for p in started[r]["plans"].values())
