@@ -113,8 +113,17 @@ async def _follow(
 
 
 def _measure(
-    clients: int, rounds: int, *, model: str, eval_limit: int, data_dir: str | None, amqp_url: str, database_url: str
+    clients: int,
+    rounds: int,
+    *,
+    model: str,
+    eval_limit: int,
+    data_dir: str | None,
+    amqp_url: str,
+    database_url: str,
+    profile_to: Path | None = None,
 ) -> ScalePoint:
+    """One client count; `profile_to`: run the coordinator under cProfile and write its stats there."""
     config = scale_config(clients, rounds, model, eval_limit)
     run_id = f"run-{uuid.uuid4().hex[:10]}"
     with (
@@ -143,8 +152,9 @@ def _measure(
             **({"FEDBUS_DATA_DIR": data_dir} if data_dir else {}),
         }
         timings_file = work / "timings.json"
+        profiled = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
         commands = {
-            "coordinator": [sys.executable, "-m", "services.cli.main", "coordinator"],
+            "coordinator": [sys.executable, *profiled, "-m", "services.cli.main", "coordinator"],
             "aggregator": [sys.executable, "-m", "services.cli.main", "aggregator"],
             "clients": [sys.executable, "-m", "benchmarks.scale_clients", "--count", str(clients),
                         "--timings", str(timings_file)],
