@@ -16,7 +16,7 @@ import os
 import pstats
 from pathlib import Path
 
-from benchmarks.scale import _measure
+from benchmarks.scale import measure
 
 
 def grouped(stats: pstats.Stats) -> collections.Counter[str]:
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("coordinator.prof"))
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    point = _measure(
+    point = measure(
         args.clients, args.rounds, model="mnist_cnn", eval_limit=500, data_dir=os.environ.get("FEDBUS_DATA_DIR"),
         amqp_url=os.environ.get("FEDBUS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
         database_url=os.environ.get("FEDBUS_DATABASE_URL", "postgresql://root@127.0.0.1:5432/fedbus"),

@@ -112,7 +112,7 @@ async def _follow(
         await event_log.close()
 
 
-def _measure(
+def measure(
     clients: int,
     rounds: int,
     *,
@@ -243,7 +243,7 @@ def run(
     for clients in client_counts:
         started = time.perf_counter()
         points.append(
-            _measure(
+            measure(
                 clients, rounds, model=model, eval_limit=eval_limit, data_dir=data_dir, amqp_url=amqp_url,
                 database_url=database_url,
             )
