@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.capability import PlansConfig
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.errors import ConfigError
 from contracts.strategy import OPTIONS
@@ -23,9 +24,11 @@ from tests.hardening.tally import Tally
 ROOT = Path(__file__).resolve().parents[2]
 TALLY = Tally("invalid_configs")
 TOP = sorted(
-    f.name for f in dataclasses.fields(RunConfig) if f.name not in ("privacy", "round", "strategy", "user_privacy")
+    f.name
+    for f in dataclasses.fields(RunConfig)
+    if f.name not in ("privacy", "round", "strategy", "user_privacy", "plans")
 )
-SECTIONS = {"privacy": PrivacyConfig, "round": RoundConfig, "user_privacy": UserPrivacyConfig}
+SECTIONS = {"privacy": PrivacyConfig, "round": RoundConfig, "user_privacy": UserPrivacyConfig, "plans": PlansConfig}
 STRATEGY_FIELDS = {"strategy", "strategy.name"} | {f"strategy.{o}" for options in OPTIONS.values() for o in options}
 KNOWN = (
     set(TOP)

@@ -29,7 +29,7 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
         "## Federated vs centralized DP training",
         "## Compression and accuracy",
         "## Latency with stragglers and slow uplinks",
-        "## Heterogeneous clients: synchronous, quorum 0.8 and FedBuff",
+        "## Heterogeneous clients: synchronous, quorum 0.8, capability-aware plans and FedBuff",
         "## Scale on RabbitMQ and PostgreSQL",
         "## Start-up of a deployment: fedbus up",
         "## Against a peer: Flower",
@@ -39,7 +39,8 @@ def test_benchmarks_run_on_tiny_settings(tmp_path: Path) -> None:
     assert "Machine: " in text and "| int8 |" in text and "| `cpu` | 64 | 300 |" in text
     assert "| IID | no DP |" in text and "| centralized |" in text and "| topk:0.01+int8 |" in text
     assert "| 10 | synchronous |" in text and "| 10 | fedbus |" in text
-    assert "| 5 | quorum 0.8 |" in text and "| 5 | FedBuff K=" in text and (tmp_path / "heterogeneity.png").is_file()
+    assert "| 5 | quorum 0.8 |" in text and "| 5 | capability-aware |" in text and "| 5 | FedBuff K=" in text
+    assert (tmp_path / "heterogeneity.png").is_file()
     assert "| fedbus | embedded, fp32 | 1 |" in text and "| fedbus | embedded, int8 | 1 |" in text
     assert (tmp_path / "flower.png").stat().st_size > 0
     assert "| FedProx (mu " in text and "| no user-level DP | - |" in text
