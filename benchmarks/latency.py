@@ -20,6 +20,7 @@ from pathlib import Path
 
 from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, federate, reached
+from contracts.capability import full_steps
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.tensors import TensorMapping
 from contracts.uploads import UploadHeader
@@ -67,7 +68,7 @@ class SlowTrainer(PoolTrainer):
         self, base: TensorMapping, request: DataRequest, config: LocalTrainConfig, ledger: dict[str, object] | None
     ) -> LocalTrainResult:
         result = await super().train(base, request, config, ledger)
-        full = config.epochs * math.ceil(result.num_samples / config.batch_size)
+        full = full_steps(config.epochs, result.num_samples, config.batch_size)
         await asyncio.sleep(self._device.compute_s * min(1.0, result.steps / full) if full else 0.0)
         return result
 

@@ -34,6 +34,7 @@ __all__ = [
     "ClientPlan",
     "PlansConfig",
     "estimated_wire_bytes",
+    "full_steps",
     "measured",
 ]
 
@@ -120,6 +121,12 @@ def measured(
         codec=codec,
         wire_bytes=wire_bytes,
     )
+
+
+def full_steps(epochs: int, num_samples: int, batch_size: int) -> int:
+    """The local steps of `epochs` whole epochs over `num_samples` at `batch_size`: the run's plan, which a
+    capability-aware plan may cut."""
+    return epochs * math.ceil(num_samples / batch_size)
 
 
 def estimated_wire_bytes(capability: Capability, codec: str) -> float:

@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from contracts.capability import DEADLINE_SHARE, Capability, ClientPlan, estimated_wire_bytes
+from contracts.capability import DEADLINE_SHARE, Capability, ClientPlan, estimated_wire_bytes, full_steps
 from contracts.config import RunConfig
 
 __all__ = ["UNMEASURED", "plan_clients"]
@@ -56,10 +56,10 @@ def plan_clients(
 
 
 def _cost(config: RunConfig, capability: Capability) -> _Cost:
-    full_steps = config.round.local_epochs * math.ceil(capability.num_samples / config.round.batch_size)
+    steps = full_steps(config.round.local_epochs, capability.num_samples, config.round.batch_size)
     uplink = capability.uplink_bytes_per_s
     upload_s = None if uplink is None else estimated_wire_bytes(capability, config.compression) / uplink
-    return _Cost(full_steps=full_steps, train_s=capability.step_s * full_steps, upload_s=upload_s)
+    return _Cost(full_steps=steps, train_s=capability.step_s * steps, upload_s=upload_s)
 
 
 def _total(cost: _Cost) -> float:
