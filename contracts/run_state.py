@@ -171,11 +171,16 @@ class RunState:
     def apply_recorded(self, recorded: RecordedEvent) -> None:
         """Fold one event as the log recorded it, and move to its version (an event already folded is skipped,
         so two refreshes that read the same batch concurrently fold it once)."""
-        if recorded.version <= self.version:
-            return
         envelope = recorded.envelope
-        self.apply(envelope.event, envelope.occurred_at, envelope.traceparent)
-        self.version = recorded.version
+        self.apply_at(recorded.version, envelope.event, envelope.occurred_at, envelope.traceparent)
+
+    def apply_at(self, version: int, event: Event, occurred_at: float, traceparent: str | None = None) -> bool:
+        """Fold the event at `version` of the stream unless it is folded already; whether it was folded now."""
+        if version <= self.version:
+            return False
+        self.apply(event, occurred_at, traceparent)
+        self.version = version
+        return True
 
     def apply(self, event: Event, occurred_at: float, traceparent: str | None = None) -> None:
         """Fold one event into the state; events that do not change a run's state are ignored."""

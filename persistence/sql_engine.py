@@ -2,6 +2,12 @@
 
 SQLite gets WAL, a busy timeout and foreign keys, and its transactions are begun by us: writing ones
 with BEGIN IMMEDIATE so that writers queue up front instead of failing to upgrade a read lock.
+
+PostgreSQL connections are checked for life when the pool hands them out, with one round trip (`;`), not
+SQLAlchemy's pre-ping for asyncpg, which wraps it in BEGIN and ROLLBACK (three round trips, each a wake-up of
+the server: on a busy coordinator, most of what a query costs). `autocommit` gives a view of the engine
+whose statements run outside any transaction (one round trip each, no BEGIN/ROLLBACK): for single
+statements that are atomic on their own, reads and idempotent blob puts.
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import await_
 
 from contracts.errors import ConfigError
 
@@ -48,13 +56,33 @@ def create_engine(url: str, *, create_dirs: bool = False) -> AsyncEngine:
         engine = create_async_engine(full)
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(full, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_async_engine(full, pool_size=5, max_overflow=5)
+    _ping_on_checkout(engine)
+    return engine
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine and pool, its statements outside transactions on PostgreSQL (each atomic on its own; at
+    PostgreSQL's READ COMMITTED a transaction would not give several reads one snapshot either). SQLite keeps
+    its transactions: there they do give a read one snapshot, and cost no round trip."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def begin_write(conn: AsyncConnection) -> None:
     """Begin a transaction that will write (BEGIN IMMEDIATE on SQLite)."""
     await conn.execution_options(**{WRITE_OPTION: True})
     await conn.begin()
+
+
+def _ping_on_checkout(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _alive(_dbapi: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection) -> None:
+        try:
+            await_(record.driver_connection.fetchrow(";"))  # type: ignore[union-attr]
+        except Exception as error:  # any failure: the pool drops this connection and opens a fresh one
+            raise exc.DisconnectionError(f"pooled connection is dead: {error}") from error
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -75,4 +103,4 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-__all__ = ["WRITE_OPTION", "async_url", "begin_write", "create_engine"]
+__all__ = ["WRITE_OPTION", "async_url", "autocommit", "begin_write", "create_engine"]

@@ -3,7 +3,8 @@
 Appends are serialized (BEGIN IMMEDIATE on SQLite, a transaction-scoped advisory lock on PostgreSQL) so
 positions are handed out in commit order and a reader tailing by position never skips a late commit.
 Projections are applied in the appending transaction. Reads and blob puts retry transient errors;
-appends raise TransientError to the caller, whose redelivery decides.
+appends raise TransientError to the caller, whose redelivery decides. Reads and blob puts are single
+statements, run outside transactions on PostgreSQL (`sql_engine.autocommit`): one round trip each.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Executable, Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.envelope import Envelope, RecordedEvent
@@ -23,9 +24,9 @@ from contracts.ports import EventLog
 from persistence.errors import IDEMPOTENT_IO, RetryPolicy, retried, translated
 from persistence.schema import blobs, events, metadata
 from persistence.sql_dialect import append_lock
-from persistence.sql_engine import begin_write, create_engine
+from persistence.sql_engine import autocommit, begin_write, create_engine
 from persistence.sql_read_model import SqlReadModel, prune_blobs
-from persistence.sql_unit_of_work import SqlUnitOfWork
+from persistence.sql_unit_of_work import SqlUnitOfWork, blob_row
 
 T = TypeVar("T")
 
@@ -37,8 +38,10 @@ class SqlEventLog(EventLog):
         self, engine: AsyncEngine, *, retry: RetryPolicy = IDEMPOTENT_IO, now: Callable[[], float] = time.time
     ) -> None:
         self._engine = engine
+        self._single = autocommit(engine)
         self._retry = retry
         self._now = now
+        self._reads = SqlReadModel(engine, retry=retry)
 
     @classmethod
     async def connect(cls, url: str, *, create: bool = True, retry: RetryPolicy = IDEMPOTENT_IO) -> SqlEventLog:
@@ -82,6 +85,17 @@ class SqlEventLog(EventLog):
         finally:
             await conn.close()  # rolls back whatever was not committed
 
+    async def _single_write(self, action: str, statement: Executable) -> None:
+        """One statement that is atomic on its own: outside any transaction on PostgreSQL (one round trip), in
+        a write transaction of its own on SQLite (BEGIN IMMEDIATE: writers queue instead of failing)."""
+        if self._single is self._engine:
+            async with self._write(action) as conn:
+                await conn.execute(statement)
+            return
+        with translated(action):
+            async with self._single.connect() as conn:
+                await conn.execute(statement)
+
     async def _read(self, action: str, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         return await self.reads.read(action, query)
 
@@ -117,22 +131,24 @@ class SqlEventLog(EventLog):
         if not positions:
             return
 
+        statement = (
+            update(events)
+            .where(events.c.position.in_(list(positions)), events.c.published_at.is_(None))
+            .values(published_at=self._now())
+        )
+
         async def once() -> None:
-            async with self._write("mark published") as conn:
-                await conn.execute(
-                    update(events)
-                    .where(events.c.position.in_(list(positions)), events.c.published_at.is_(None))
-                    .values(published_at=self._now())
-                )
+            await self._single_write("mark published", statement)
 
         await retried(self._retry, once)
 
     async def put_blob(self, digest: str, kind: str, data: bytes) -> None:
         """Store bytes under their digest; storing the same digest again is a no-op."""
 
+        statement = blob_row(self._engine.dialect.name, digest, kind, data, self._now())
+
         async def once() -> None:
-            async with self.transaction() as uow:
-                await uow.put_blob(digest, kind, data)
+            await self._single_write("put blob", statement)
 
         await retried(self._retry, once)
 
@@ -155,7 +171,7 @@ class SqlEventLog(EventLog):
     @property
     def reads(self) -> SqlReadModel:
         """The queries on the projections and the log's pages (the API, the CLI, the reports)."""
-        return SqlReadModel(self._engine, retry=self._retry)
+        return self._reads
 
     async def prune(self, keep_rounds: int) -> int:
         """Delete the blobs of rounds older than each run's last `keep_rounds`; returns how many."""

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from contracts.errors import ConfigError, NotFound
 from persistence.errors import IDEMPOTENT_IO, RetryPolicy, retried, translated
 from persistence.schema import blobs, clients, declines, events, privacy, rejections, rounds, runs, updates
+from persistence.sql_engine import autocommit
 
 T = TypeVar("T")
 Record = dict[str, Any]
@@ -54,7 +55,7 @@ class SqlReadModel:
     """Every read of the projections and the log's pages, over an engine the caller owns."""
 
     def __init__(self, engine: AsyncEngine, *, retry: RetryPolicy = IDEMPOTENT_IO) -> None:
-        self._engine = engine
+        self._engine = autocommit(engine)  # a read is one round trip per statement: no BEGIN, no ROLLBACK
         self._retry = retry
 
     async def read(self, action: str, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Insert, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.envelope import Envelope
@@ -50,9 +50,8 @@ class SqlUnitOfWork(UnitOfWork):
         return version + len(events_)
 
     async def put_blob(self, digest: str, kind: str, data: bytes) -> None:
-        row = {"digest": digest, "kind": kind, "size": len(data), "data": data, "created_at": self._now()}
         with translated("put blob"):
-            await self._conn.execute(upsert(self._dialect, blobs, row, ["digest"]))
+            await self._conn.execute(blob_row(self._dialect, digest, kind, data, self._now()))
 
     async def _lock_appends(self) -> None:
         # Held until commit: nobody else can draw a position before this transaction is visible.
@@ -60,6 +59,12 @@ class SqlUnitOfWork(UnitOfWork):
         if lock is not None and not self._holds_append_lock:
             await self._conn.execute(lock)
             self._holds_append_lock = True
+
+
+def blob_row(dialect: str, digest: str, kind: str, data: bytes, now: float) -> Insert:
+    """The statement that stores a blob under its digest; a digest already stored is left as it is."""
+    row = {"digest": digest, "kind": kind, "size": len(data), "data": data, "created_at": now}
+    return upsert(dialect, blobs, row, ["digest"])
 
 
 def _row(stream_id: str, version: int, envelope: Envelope) -> dict[str, object]:
@@ -78,4 +83,4 @@ def _row(stream_id: str, version: int, envelope: Envelope) -> dict[str, object]:
     }
 
 
-__all__ = ["SqlUnitOfWork"]
+__all__ = ["SqlUnitOfWork", "blob_row"]

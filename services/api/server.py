@@ -15,7 +15,7 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 from contracts.errors import ConfigError
-from ops.telemetry import configure_telemetry, shutdown_telemetry
+from ops.telemetry import configure_telemetry, exporting, shutdown_telemetry
 from persistence.telemetry import instrument_database
 from services.api.app import close_app, create_app, end_streams
 from services.api.settings import OUTBUF_HIGH_WATERMARK, ApiSettings
@@ -98,7 +98,8 @@ def api_command(args: argparse.Namespace) -> int:
     """`fedbus api`: settings from the environment, --database-url/--host/--port from flags."""
     settings = ApiSettings.from_env(database_url=args.database_url, host=args.host, port=args.port)
     configure_telemetry("fedbus-api")
-    instrument_database()
+    if exporting():
+        instrument_database()
     server = ApiServer(settings)
     FlaskInstrumentor().instrument_app(server.app)  # type: ignore[no-untyped-call]
 

@@ -41,8 +41,13 @@ class UploadAdmission:
         self, client_id: str, header: UploadHeader, first: bytes, rest: AsyncIterable[bytes]
     ) -> UpdateAccepted:
         """Admit, read, validate, store and accept one update; UploadRefused (recorded) when it is refused."""
-        run = await self._runs.refresh(header.run_id)
+        # The run as last known first: an upload it admits is checked again on the current run when accepted
+        # (RunLedger.commit), so only a refusal needs the run read first.
+        run = self._runs.state(header.run_id)
         refusal = decide.header_refusal(run, client_id, header)
+        if refusal is not None:
+            run = await self._runs.refresh(header.run_id)
+            refusal = decide.header_refusal(run, client_id, header)
         if refusal is not None:
             # A duplicate is not recorded: the client's first update stands, and a retry must not count as an answer.
             raise refusal if refusal.reason is RejectReason.DUPLICATE else await self._recorded(header, refusal)
@@ -84,7 +89,7 @@ class UploadAdmission:
             accepted[:] = [e for e in events if isinstance(e, UpdateAccepted)]
             return events
 
-        await self._runs.commit(header.run_id, decision, lambda state, now: decide.due(state, pool, now))
+        await self._runs.commit(header.run_id, decision, lambda state, now: decide.due(state, pool, now), fresh=False)
         return accepted[0]
 
     async def _recorded(self, header: UploadHeader, refusal: UploadRefused) -> UploadRefused:

@@ -66,25 +66,48 @@ class RunLedger:
             self._metrics.observe(recorded.envelope.event, recorded.envelope.occurred_at, run)
         return run
 
-    async def commit(self, run_id: str, decision: Decision, follow_up: Decision) -> None:
-        """Append what `decision` returns, then what `follow_up` returns, until nothing more is due."""
+    async def commit(self, run_id: str, decision: Decision, follow_up: Decision, *, fresh: bool = True) -> None:
+        """Append what `decision` returns, then what `follow_up` returns, until nothing more is due.
+
+        The events appended are folded into the run as written (no read back). With `fresh=False` the first
+        decision is taken on the run as this coordinator last knew it, which saves a read on the hot path (an
+        accepted upload): if anyone else appended since, the append conflicts; if the decision refuses or finds
+        nothing to do, it may have been stale. Either way the run is refreshed and decided again.
+        """
         async with self._lock:
+            run = await self.refresh(run_id) if fresh else self.state(run_id)
+            known = fresh  # whether `run` is known to be the stream as it is (or was, at our own append)
             for _ in range(MAX_CONFLICTS):
-                run = await self.refresh(run_id)
                 now = self._clock.now()
-                events = list(decision(run, now))
-                if not events:
-                    break
                 try:
-                    await self._log.append(
-                        run_stream(run_id), self._envelopes(run, events, now), expected_version=run.version
-                    )
-                except ConcurrencyConflict:
+                    events = list(decision(run, now))
+                except Exception:
+                    if known:
+                        raise
+                    events = []
+                if not events and known:
+                    break
+                if not events:
+                    run, known = await self.refresh(run_id), True
                     continue
-                decision = follow_up
+                envelopes = self._envelopes(run, events, now)
+                try:
+                    version = await self._log.append(run_stream(run_id), envelopes, expected_version=run.version)
+                except ConcurrencyConflict:
+                    run, known = await self.refresh(run_id), True
+                    continue
+                self._fold(run, envelopes, version)
+                decision, known = follow_up, True
             else:
                 raise ConcurrencyConflict(f"run {run_id}: gave up after repeated conflicts")
         self.changed.set()
+
+    def _fold(self, run: RunState, envelopes: Sequence[Envelope], version: int) -> None:
+        """Fold what this coordinator just appended, ending at `version` (a refresh may have folded it already)."""
+        first = version - len(envelopes) + 1
+        for offset, envelope in enumerate(envelopes):
+            if run.apply_at(first + offset, envelope.event, envelope.occurred_at, envelope.traceparent):
+                self._metrics.observe(envelope.event, envelope.occurred_at, run)
 
     def _envelopes(self, run: RunState, events: Sequence[Event], now: float) -> list[Envelope]:
         """Each event joins its round's trace; a RoundStarted begins a new trace (one per round).

@@ -25,8 +25,10 @@ class ModelServer:
 
         With `round_`, NoRoundOpen unless that round of the run is open: a client does not train for it.
         """
-        digest = self._runs.state(run_id).models.get(version)
-        if digest is None or round_:  # an aggregator may have just appended it; the round may have closed
+        run = self._runs.state(run_id)
+        digest = run.models.get(version)
+        if digest is None or (round_ and not decide.work_wanted(run, round_, version)):
+            # An aggregator may have just appended it, or the round opened or closed since the run was last read.
             run = await self._runs.refresh(run_id)
             digest = run.models.get(version)
             if round_ and not decide.work_wanted(run, round_, version):

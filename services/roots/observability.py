@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broker.telemetry import instrument_broker
-from ops.telemetry import configure_telemetry
+from ops.telemetry import configure_telemetry, exporting
 from persistence.telemetry import instrument_database
 
 
@@ -11,7 +11,7 @@ def observe(service: str, instance: str, *, database: bool = False) -> None:
     """A deployed role (`fedbus coordinator`, `aggregator`, `client`): RabbitMQ, and PostgreSQL if it has one."""
     configure_telemetry(f"fedbus-{service}", instance=instance)
     instrument_broker()
-    if database:
+    if database and exporting():  # a span per query is only worth its cost where it is exported
         instrument_database()
 
 
