@@ -15,6 +15,7 @@ of multiplier z, which is what the accountant is told.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from contracts.catalog import FEDAVG
@@ -96,7 +97,8 @@ class UserPrivacyConfig:
                 "share: z must be < 2sigma_b; raise sample_rate or clients, set clip_count_stddev, or adaptive = false"
             )
             raise ConfigError("user_privacy.noise_multiplier", detail)
-        return float((z**-2 - (2 * sigma_b) ** -2) ** -0.5)
+        # (z^-2 - (2sigma_b)^-2)^-1/2, written so that a tiny z does not overflow z^-2
+        return float(z / math.sqrt(1.0 - (z / (2 * sigma_b)) ** 2))
 
     def exceeded_by(self, spent: float) -> bool:
         """Whether ``spent`` is past the budget (beyond the accountant's float noise); never without one."""

@@ -76,6 +76,13 @@ def test_the_sum_noise_leaves_the_total_noise_multiplier_at_z() -> None:
     assert (z_delta**-2 + (2 * 1.0) ** -2) ** -0.5 == pytest.approx(1.0)  # Theorem 1: together they are z
 
 
+def test_a_tiny_noise_multiplier_gives_its_sum_noise_without_overflowing() -> None:
+    # found by the API's schemathesis run: z^-2 overflowed a float and POST /runs answered 500
+    dp = UserPrivacyConfig(enabled=True, noise_multiplier=6.6e-189, clip_count_stddev=1.0)
+
+    assert dp.sum_noise_multiplier(clients=10) == pytest.approx(6.6e-189)
+
+
 def test_the_count_noise_defaults_to_the_expected_cohort_over_20() -> None:
     dp = UserPrivacyConfig(enabled=True, sample_rate=0.1, noise_multiplier=1.0)
 
