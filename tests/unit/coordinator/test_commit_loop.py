@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
-from contracts.envelope import Envelope
+from contracts.envelope import Envelope, RecordedEvent
 from contracts.events import ModelInitialized, QuorumReached, RoundAggregated, RoundStarted, RunCompleted
 from contracts.streams import run_stream
+from contracts.update_validation import RejectReason
 from contracts.uploads import ClientCapabilities, UploadHeader
 from persistence.in_memory_event_log import InMemoryEventLog
 from services.coordinator import decide
 from services.coordinator.coordinator import Coordinator
+from services.coordinator.errors import UploadRefused
 
 RUN = "r1"
 
@@ -56,7 +60,7 @@ async def started_run(log: InMemoryEventLog, clock: FakeClock) -> tuple[Coordina
     return coordinator, clients
 
 
-async def accept(coordinator: Coordinator, client_id: str) -> None:
+async def accept(coordinator: Coordinator, client_id: str, *, fresh: bool = True) -> None:
     header = UploadHeader(
         run_id=RUN, round=1, client_id=client_id, base_model_version=0, num_samples=5, codec="int8",
         total_size=10, sha256="b" * 64,
@@ -66,6 +70,7 @@ async def accept(coordinator: Coordinator, client_id: str) -> None:
         RUN,
         lambda run, now: decide.accept(run, header, update_id=f"u-{client_id}", wire_bytes=10, pool=pool, now=now),
         lambda run, now: decide.due(run, pool, now),
+        fresh=fresh,
     )
 
 
@@ -132,5 +137,47 @@ def test_an_aggregation_appended_by_an_aggregator_opens_the_next_round() -> None
 
         last = (await log.read_stream(run_stream(RUN)))[-1].envelope.event
         assert isinstance(last, RoundStarted) and (last.round, last.model_digest) == (2, "m1")
+
+    asyncio.run(scenario())
+
+
+def test_an_upload_decided_on_a_stale_run_conflicts_and_is_refused_on_the_current_one() -> None:
+    async def scenario() -> None:
+        log, clock = InMemoryEventLog(), FakeClock()
+        coordinator, clients = await started_run(log, clock)
+        stopped = RunCompleted(run_id=RUN, reason="stopped", rounds=0, metrics={})
+        await log.append(run_stream(RUN), [Envelope(event=stopped)])  # the API stopped it: not read yet
+        assert not coordinator.run_state(RUN).completed
+
+        with pytest.raises(UploadRefused) as refused:
+            await accept(coordinator, clients[0], fresh=False)
+
+        assert refused.value.reason is RejectReason.ROUND_CLOSED
+        assert "UpdateAccepted" not in await kinds(log)
+        assert coordinator.run_state(RUN).completed == "stopped"
+
+    asyncio.run(scenario())
+
+
+def test_an_upload_decided_on_the_run_as_known_is_appended_and_folded_without_a_read_back() -> None:
+    class CountingLog(InMemoryEventLog):
+        reads = 0
+
+        async def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+            self.reads += 1
+            return await super().read_stream(stream_id, after_version)
+
+    async def scenario() -> None:
+        log, clock = CountingLog(), FakeClock()
+        coordinator, clients = await started_run(log, clock)
+        before = log.reads
+
+        await accept(coordinator, clients[0], fresh=False)
+
+        assert log.reads == before
+        stream = await log.read_stream(run_stream(RUN))
+        state = coordinator.run_state(RUN)
+        assert state.version == stream[-1].version and stream[-1].envelope.type == "UpdateAccepted"
+        assert state.current is not None and clients[0] in state.current.accepted
 
     asyncio.run(scenario())
