@@ -34,16 +34,23 @@ class OutboxRelay:
         """Publish what is pending; returns how many events went out."""
         sent = 0
         while pending := await self._log.unpublished(limit=self._batch):
-            for recorded in pending:
-                with attached(recorded.envelope.traceparent):
-                    try:
-                        await self._publisher.publish(recorded.envelope)
-                    except Unroutable:
-                        # No queue binds this event (a topology without the inspect ring): nobody to tell.
-                        log.info("outbox relay: %s is unroutable; marking it published", recorded.envelope.type)
-                await self._log.mark_published([recorded.position])
-                sent += 1
-        self.published += sent
+            published: list[int] = []
+            try:
+                for recorded in pending:
+                    with attached(recorded.envelope.traceparent):
+                        try:
+                            await self._publisher.publish(recorded.envelope)
+                        except Unroutable:
+                            # No queue binds this event (a topology without the inspect ring): nobody to tell.
+                            log.info("outbox relay: %s is unroutable; marking it published", recorded.envelope.type)
+                    published.append(recorded.position)
+            finally:  # what went out is marked in one statement, also when a later publish failed
+                if published:
+                    await self._log.mark_published(published)
+                    sent += len(published)
+                    self.published += len(published)
+            if len(pending) < self._batch:
+                break  # that was the whole tail: no second read to find it empty
         return sent
 
     async def run_forever(self) -> None:
