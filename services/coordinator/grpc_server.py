@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from contracts.wire import MAX_MESSAGE_BYTES
+from contracts.wire import MAX_MESSAGE_BYTES, MIN_CLIENT_PING_MS
 from ops.tls import ServerTls
 from services.coordinator.coordinator import Coordinator
 from services.coordinator.federation_servicer import FederationServicer, UploadLimits
@@ -31,6 +31,8 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_MS),
+            ("grpc.keepalive_permit_without_calls", 0),
         ]
     )
     add_federation_service(FederationServicer(coordinator, tokens, uploads=uploads), server)

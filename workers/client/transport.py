@@ -14,7 +14,7 @@ from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import ChunkAssembler, iter_chunks
 from contracts.uploads import ClientCapabilities, UploadHeader
-from contracts.wire import CHUNK_SIZE, MAX_MESSAGE_BYTES, RETRY_AFTER_KEY
+from contracts.wire import CHUNK_SIZE, KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, MAX_MESSAGE_BYTES, RETRY_AFTER_KEY
 from ops.tls import ClientTls
 
 T = TypeVar("T")
@@ -94,6 +94,10 @@ class FederationClient:
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         if tls is None:
             self._channel = grpc.aio.insecure_channel(address, options=options)
