@@ -126,6 +126,9 @@ def test_a_killed_run_is_resumed_with_the_same_clients_and_their_spend_carried_o
     run_id = run_id_in(database)
     assert run_id is not None
     round_2_aggregated = count_of(database, "RoundAggregated") == 2
+    # The kill lands a poll after the fourth acceptance; on a fast run round 3 may have started by then, and its
+    # training may be spent already: then only the invariants below hold, not one of the two outcomes.
+    overshot = count_of(database, "RoundStarted") > 2
 
     done = fedbus("run", "--resume", run_id, "--out", str(out))
 
@@ -140,7 +143,9 @@ def test_a_killed_run_is_resumed_with_the_same_clients_and_their_spend_carried_o
         assert spent == sorted(spent) and spent[-1] <= 3.0 * (1 + 1e-6)
         assert spent[-1] > 1.3 * spent[0]  # a ledger started afresh on resume would be back at round 1's spend
     declined = {e.client_id for e in events if isinstance(e, ClientDeclined) and e.reason == DECLINE_PRIVACY_BUDGET}
-    if round_2_aggregated:
+    if overshot:
+        assert summary["reason"] in (StopReason.MAX_ROUNDS, StopReason.BUDGET)
+    elif round_2_aggregated:
         assert (summary["rounds"], summary["reason"]) == (3, StopReason.MAX_ROUNDS) and not declined
     else:
         assert any(isinstance(e, RoundFailed) and e.round == 2 and e.reason == RESUMED for e in events)
