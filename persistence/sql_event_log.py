@@ -3,8 +3,9 @@
 Appends are serialized (BEGIN IMMEDIATE on SQLite, a transaction-scoped advisory lock on PostgreSQL) so
 positions are handed out in commit order and a reader tailing by position never skips a late commit.
 Projections are applied in the appending transaction. Reads and blob puts retry transient errors;
-appends raise TransientError to the caller, whose redelivery decides. Reads and blob puts are single
-statements, run outside transactions on PostgreSQL (`sql_engine.autocommit`): one round trip each.
+appends raise TransientError to the caller, whose redelivery decides. Reads, blob puts and marking events
+published are single statements, run outside transactions on PostgreSQL (`sql_engine.autocommit`): one round
+trip each.
 """
 
 from __future__ import annotations

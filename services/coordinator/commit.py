@@ -85,9 +85,9 @@ class RunLedger:
                     if known:
                         raise
                     events = []
-                if not events and known:
-                    break
                 if not events:
+                    if known:
+                        break
                     run, known = await self.refresh(run_id), True
                     continue
                 envelopes = self._envelopes(run, events, now)
