@@ -28,16 +28,29 @@ from contracts.errors import ConfigError
 from contracts.tensors import TensorDict, TensorMapping
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """`nn.MaxPool2d` with the same values and gradients, computed in channels-last layout on the CPU.
+
+    PyTorch's CPU kernel for the default (NCHW) layout is not vectorized across channels; on one thread it is
+    about 3x slower than the channels-last one, copies both ways included, and it was a quarter of a DP-SGD
+    step of `mnist_dp_cnn` and two thirds of its evaluation. Elsewhere (CUDA, 3-d inputs) it is `nn.MaxPool2d`."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002  # nn.MaxPool2d's own parameter name
+        if input.device.type != "cpu" or input.dim() != 4 or self.return_indices:
+            return super().forward(input)
+        return super().forward(input.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 def _mnist_dp_cnn() -> nn.Module:
     # Papernot et al. 2020, "Tempered sigmoid activations for deep learning with differential privacy":
     # a tanh CNN small enough (26,010 params) that per-sample gradients stay cheap.
     return nn.Sequential(
         nn.Conv2d(1, 16, 8, stride=2, padding=3),
         nn.Tanh(),
-        nn.MaxPool2d(2, 1),
+        MaxPool2d(2, 1),
         nn.Conv2d(16, 32, 4, stride=2),
         nn.Tanh(),
-        nn.MaxPool2d(2, 1),
+        MaxPool2d(2, 1),
         nn.Flatten(),
         nn.Linear(32 * 4 * 4, 32),
         nn.Tanh(),
@@ -50,10 +63,10 @@ def _mnist_cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 32, 5, padding=2),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Conv2d(32, 64, 5, padding=2),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(64 * 7 * 7, 512),
         nn.ReLU(),
@@ -70,12 +83,12 @@ def _cifar10_cnn() -> nn.Module:
     return nn.Sequential(
         *_conv_block(3, 32),
         *_conv_block(32, 32),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         *_conv_block(32, 64),
         *_conv_block(64, 64),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         *_conv_block(64, 128),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(128 * 4 * 4, 128),
         nn.ReLU(),

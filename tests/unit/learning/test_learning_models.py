@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 from opacus.validators import ModuleValidator
 
 from contracts.catalog import DATASETS, MODELS
@@ -10,6 +12,7 @@ from workers.learning.datasets import DATASET_NAMES, DOWNLOADERS
 from workers.learning.models import (
     MODEL_DATASET,
     MODEL_NAMES,
+    MaxPool2d,
     build_model,
     load_numpy,
     memory_estimate_bytes,
@@ -21,6 +24,26 @@ from workers.learning.models import (
 @pytest.mark.parametrize(("name", "expected"), [("mnist_dp_cnn", 26_010), ("mnist_cnn", 1_663_370)])
 def test_mnist_models_have_the_papers_parameter_counts(name: str, expected: int) -> None:
     assert parameter_count(build_model(name, seed=0)) == expected
+
+
+@pytest.mark.parametrize(("kernel", "stride", "shape"), [(2, 1, (7, 16, 14, 14)), (2, None, (5, 32, 28, 28)), (3, 2, (2, 3, 9, 9))])
+def test_the_channels_last_max_pool_gives_nn_max_pool2ds_values_and_gradients(
+    kernel: int, stride: int | None, shape: tuple[int, ...]
+) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x[0, 0, :2, :2] = 1.0  # a window of ties: the gradient goes to the same element in both
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    upstream = torch.randn_like(nn.MaxPool2d(kernel, stride)(x))
+
+    out = MaxPool2d(kernel, stride)(ours)
+    expected = nn.MaxPool2d(kernel, stride)(theirs)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+
+    assert out.is_contiguous()
+    assert torch.equal(out, expected)
+    assert ours.grad is not None and theirs.grad is not None
+    assert torch.equal(ours.grad, theirs.grad)
 
 
 def test_cifar_model_is_of_moderate_size() -> None:
