@@ -67,6 +67,12 @@ class EventLog(EventStore, Outbox, BlobStore, Protocol):
 
     Collaborators ask for the narrowest part they use (the relay an Outbox, the blob cache a BlobStore)."""
 
+    def on_append(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` (on the event loop, without arguments; it must not raise) after every committed
+        transaction of this adapter that appended events, so waiters in this process need not poll for them;
+        returns the function that removes it. Appends by other processes, or through another adapter on the
+        same database, are not seen: whoever must see those still polls."""
+
     async def close(self) -> None: ...
 
 

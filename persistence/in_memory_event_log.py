@@ -18,6 +18,7 @@ from contracts.envelope import Envelope, RecordedEvent
 from contracts.errors import ConcurrencyConflict, NotFound
 from contracts.event_codec import event_from_dict, event_to_dict
 from contracts.ports import EventLog, UnitOfWork
+from persistence.append_listeners import AppendListeners
 
 
 @dataclass(slots=True, kw_only=True)
@@ -92,6 +93,10 @@ class InMemoryEventLog(EventLog):
         self._event_ids: set[str] = set()
         self._inbox: set[tuple[str, str]] = set()
         self._blobs: dict[str, bytes] = {}
+        self._appended = AppendListeners()
+
+    def on_append(self, listener: Callable[[], None]) -> Callable[[], None]:
+        return self._appended.add(listener)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryUnitOfWork]:
@@ -100,6 +105,8 @@ class InMemoryEventLog(EventLog):
             uow = InMemoryUnitOfWork(self)
             yield uow
             self._commit(uow)
+        if uow.events:
+            self._appended.notify()
 
     def _commit(self, uow: InMemoryUnitOfWork) -> None:
         # Synchronous: nothing else runs on the loop while the staged changes are applied.

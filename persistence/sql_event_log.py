@@ -22,6 +22,7 @@ from contracts.envelope import Envelope, RecordedEvent
 from contracts.errors import NotFound
 from contracts.event_codec import event_from_dict
 from contracts.ports import EventLog
+from persistence.append_listeners import AppendListeners
 from persistence.errors import IDEMPOTENT_IO, RetryPolicy, retried, translated
 from persistence.schema import blobs, events, metadata
 from persistence.sql_dialect import append_lock
@@ -43,6 +44,7 @@ class SqlEventLog(EventLog):
         self._retry = retry
         self._now = now
         self._reads = SqlReadModel(engine, retry=retry)
+        self._appended = AppendListeners()
 
     @classmethod
     async def connect(cls, url: str, *, create: bool = True, retry: RetryPolicy = IDEMPOTENT_IO) -> SqlEventLog:
@@ -68,6 +70,9 @@ class SqlEventLog(EventLog):
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+    def on_append(self, listener: Callable[[], None]) -> Callable[[], None]:
+        return self._appended.add(listener)
 
     @asynccontextmanager
     async def _write(self, action: str, *, exclusive: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -104,7 +109,10 @@ class SqlEventLog(EventLog):
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
         """A unit of work: commits when the block exits normally, rolls back on any exception."""
         async with self._write("transaction") as conn:
-            yield SqlUnitOfWork(conn, now=self._now)
+            uow = SqlUnitOfWork(conn, now=self._now)
+            yield uow
+        if uow.appended:
+            self._appended.notify()
 
     async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
         """Append at the stream's end in a transaction of its own; returns the new stream version."""

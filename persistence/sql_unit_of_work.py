@@ -25,6 +25,7 @@ class SqlUnitOfWork(UnitOfWork):
         self._now = now
         self._dialect = conn.dialect.name
         self._holds_append_lock = False
+        self.appended = 0  # events appended in this unit of work (its owner tells the log's listeners)
 
     async def claim(self, consumer: str, message_id: str) -> bool:
         row = {"consumer": consumer, "message_id": message_id, "processed_at": self._now()}
@@ -45,6 +46,7 @@ class SqlUnitOfWork(UnitOfWork):
                 return version
             rows = [_row(stream_id, version + offset, envelope) for offset, envelope in enumerate(events_, 1)]
             await self._conn.execute(insert(events), rows)
+            self.appended += len(rows)
             for envelope in events_:
                 await project(self._conn, envelope)
         return version + len(events_)

@@ -5,6 +5,7 @@ loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -140,7 +141,10 @@ async def federate(
         if resume is not None:
             config = await _resumable(log, resume)
         settings = dataclasses.replace(embedded_settings(data_dir, tokens), state_dir=state_dir)
-        coordinator = await coordinator_root.build(settings, log=log, broker=broker, clock=clock, tokens=tokens)
+        # Every writer shares this one log, so its appends wake the relay; the poll is only a safety net.
+        coordinator = await coordinator_root.build(
+            settings, log=log, broker=broker, clock=clock, tokens=tokens, relay_poll_s=1.0
+        )
         apps.append(coordinator)
         await coordinator.start()
         aggregator = await aggregator_root.build(settings, executor=executor, log=log, broker=broker)
@@ -224,15 +228,23 @@ def embedded_settings(data_dir: str | None, tokens: TokenAuthority) -> Settings:
 async def _follow(
     log: EventLog, coordinator: Coordinator, run_id: str, progress: Progress | None
 ) -> list[RecordedEvent]:
+    """The run's events as they are appended (read after each append through `log`), until it completes."""
     events: list[RecordedEvent] = []
     version = 0
-    while True:
-        batch = await log.read_stream(run_stream(run_id), after_version=version)
-        for recorded in batch:
-            events.append(recorded)
-            if progress is not None:
-                progress(recorded)
-            version = recorded.version
-        if coordinator.run_state(run_id).completed and not batch:
-            return events
-        await asyncio.sleep(0.1)
+    appended = asyncio.Event()
+    unlisten = log.on_append(appended.set)
+    try:
+        while True:
+            appended.clear()
+            batch = await log.read_stream(run_stream(run_id), after_version=version)
+            for recorded in batch:
+                events.append(recorded)
+                if progress is not None:
+                    progress(recorded)
+                version = recorded.version
+            if coordinator.run_state(run_id).completed and not batch:
+                return events
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(appended.wait(), 1.0)
+    finally:
+        unlisten()

@@ -36,7 +36,6 @@ class RunLedger:
         self._metrics = metrics
         self._runs: dict[str, RunState] = {}
         self._lock = asyncio.Lock()
-        self.changed = asyncio.Event()  # set after every commit: the outbox relay has something to publish
 
     def discover(self, event: RunCreated) -> None:
         """A run appended by another writer (the API): start following it."""
@@ -56,7 +55,6 @@ class RunLedger:
         async with self._lock:
             await self._log.append(run_stream(event.run_id), [Envelope(event=event)], expected_version=0)
             self.discover(event)
-        self.changed.set()
 
     async def refresh(self, run_id: str) -> RunState:
         """The run with every event of its stream folded in."""
@@ -100,7 +98,6 @@ class RunLedger:
                 decision, known = follow_up, True
             else:
                 raise ConcurrencyConflict(f"run {run_id}: gave up after repeated conflicts")
-        self.changed.set()
 
     def _fold(self, run: RunState, envelopes: Sequence[Envelope], version: int) -> None:
         """Fold what this coordinator just appended, ending at `version` (a refresh may have folded it already)."""

@@ -37,11 +37,6 @@ class Coordinator:
         self.uploads = UploadAdmission(self.runs, self.models, self.clients, log_)
         self._position = 0  # how far `sync` has read the whole log
 
-    @property
-    def changed(self) -> asyncio.Event:
-        """Set after every append: the outbox relay has something to publish."""
-        return self.runs.changed
-
     async def recover(self) -> None:
         """Rebuild clients and runs from the whole log (after a restart)."""
         await self.sync()

@@ -2,8 +2,10 @@
 
 `fedbus coordinator` builds it from settings (PostgreSQL and RabbitMQ URLs); `fedbus run` passes its own
 SQLite log and in-memory broker. Either way the same wake-ups: an event on `fedbus.coordinator` (a model,
-an aggregation) advances its run, a tick closes rounds at deadlines and grace ends, and every commit wakes
-the outbox relay.
+an aggregation) advances its run, a tick closes rounds at deadlines and grace ends, and every append through
+its log wakes the outbox relay. The relay also polls, for what other processes append (the aggregators and
+the API on PostgreSQL): every 50 ms unless `relay_poll_s` says otherwise (`fedbus run`, where every writer
+shares the one log, polls once a second).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -49,6 +52,7 @@ class CoordinatorApp:
     _server: grpc.aio.Server | None = None
     _consumer: Consumption | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _unlisten: Callable[[], None] = lambda: None  # stops the log waking the relay
 
     async def start(self) -> None:
         await self.coordinator.recover()
@@ -68,13 +72,10 @@ class CoordinatorApp:
         self._tasks += [
             asyncio.create_task(self.relay.run_forever()),
             asyncio.create_task(self.coordinator.tick_forever()),
-            asyncio.create_task(self._wake_relay()),
         ]
 
     async def create_run(self, config: RunConfig, run_id: str | None = None) -> str:
-        run_id = await self.coordinator.create_run(config, run_id)
-        self.relay.wake()
-        return run_id
+        return await self.coordinator.create_run(config, run_id)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:
@@ -86,17 +87,11 @@ class CoordinatorApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.relay.relay_once()
+        self._unlisten()
         await close_owned(self.owns)
 
     async def _on_event(self, envelope: Envelope) -> None:
         await self.coordinator.advance(envelope.run_id)
-        self.relay.wake()
-
-    async def _wake_relay(self) -> None:
-        while True:
-            await self.coordinator.changed.wait()
-            self.coordinator.changed.clear()
-            self.relay.wake()
 
 
 async def build(
@@ -106,6 +101,7 @@ async def build(
     broker: Broker | None = None,
     clock: Clock | None = None,
     tokens: TokenAuthority | None = None,
+    relay_poll_s: float = 0.05,
 ) -> CoordinatorApp:
     """The coordinator for `settings`; adapters given here are used as they are (and not closed by `stop`)."""
     if tokens is None:
@@ -113,9 +109,16 @@ async def build(
         tokens = TokenAuthority(secret=settings.token_secret.encode(), enrollment_token=settings.enrollment_token)
     log, broker, owns = await log_and_broker(settings, log, broker)
     coordinator = Coordinator(log, clock=clock)
-    relay = OutboxRelay(log, broker)
+    relay = OutboxRelay(log, broker, interval=relay_poll_s)
     return CoordinatorApp(
-        settings=settings, coordinator=coordinator, relay=relay, tokens=tokens, log=log, broker=broker, owns=owns
+        settings=settings,
+        coordinator=coordinator,
+        relay=relay,
+        tokens=tokens,
+        log=log,
+        broker=broker,
+        owns=owns,
+        _unlisten=log.on_append(relay.wake),
     )
 
 

@@ -276,6 +276,41 @@ def test_unpublished_lists_the_outbox_until_marked_published(backend: Any, run: 
     assert after == before[2:]
 
 
+def test_append_listeners_hear_of_committed_appends_only(backend: Any, run: Any) -> None:
+    stream = new_stream()
+
+    class Crash(Exception):
+        pass
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        heard: list[str] = []
+        async with backend.opened() as log:
+            remove = log.on_append(lambda: heard.append("first"))
+            log.on_append(lambda: heard.append("second"))
+            await log.append(stream, [created()])
+            async with log.transaction() as uow:  # a claim and a blob: nothing appended
+                await uow.claim("aggregator", "m1")
+                await uow.put_blob("b1", "model", b"weights")
+            await log.put_blob("b2", "model", b"more")
+            with pytest.raises(Crash):
+                async with log.transaction() as uow:
+                    await uow.append(stream, [created()])
+                    raise Crash
+            with pytest.raises(ConcurrencyConflict):
+                await log.append(stream, [created()], expected_version=0)
+            first = list(heard)
+            remove()
+            remove()  # a second removal does nothing
+            async with log.transaction() as uow:
+                await uow.append(stream, [created()])
+            return first, heard[len(first) :]
+
+    committed, after_removal = run(scenario())
+
+    assert committed == ["first", "second"]
+    assert after_removal == ["second"]
+
+
 def test_a_transaction_commits_claim_events_and_blobs_together(backend: Any, run: Any) -> None:
     stream = new_stream()
 

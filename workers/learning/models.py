@@ -35,10 +35,12 @@ class MaxPool2d(nn.MaxPool2d):
     about 3x slower than the channels-last one, copies both ways included, and it was a quarter of a DP-SGD
     step of `mnist_dp_cnn` and two thirds of its evaluation. Elsewhere (CUDA, 3-d inputs) it is `nn.MaxPool2d`."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002  # nn.MaxPool2d's own parameter name
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.MaxPool2d's own parameter name
         if input.device.type != "cpu" or input.dim() != 4 or self.return_indices:
-            return super().forward(input)
-        return super().forward(input.contiguous(memory_format=torch.channels_last)).contiguous()
+            out: torch.Tensor = super().forward(input)
+            return out
+        pooled: torch.Tensor = super().forward(input.contiguous(memory_format=torch.channels_last))
+        return pooled.contiguous()
 
 
 def _mnist_dp_cnn() -> nn.Module:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from opacus.validators import ModuleValidator
+from torch import nn
 
 from contracts.catalog import DATASETS, MODELS
 from contracts.errors import ConfigError
@@ -26,7 +26,9 @@ def test_mnist_models_have_the_papers_parameter_counts(name: str, expected: int)
     assert parameter_count(build_model(name, seed=0)) == expected
 
 
-@pytest.mark.parametrize(("kernel", "stride", "shape"), [(2, 1, (7, 16, 14, 14)), (2, None, (5, 32, 28, 28)), (3, 2, (2, 3, 9, 9))])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "shape"), [(2, 1, (7, 16, 14, 14)), (2, None, (5, 32, 28, 28)), (3, 2, (2, 3, 9, 9))]
+)
 def test_the_channels_last_max_pool_gives_nn_max_pool2ds_values_and_gradients(
     kernel: int, stride: int | None, shape: tuple[int, ...]
 ) -> None:
