@@ -242,8 +242,10 @@ async def _follow(
                 if progress is not None:
                     progress(recorded)
                 version = recorded.version
-            if coordinator.run_state(run_id).completed and not batch:
-                return events
+            if coordinator.run_state(run_id).completed:
+                if not batch:
+                    return events
+                continue  # read once more, not after a wait: what else the ending appended
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(appended.wait(), 1.0)
     finally:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterable
 from contracts.compression import decompress_update
 from contracts.errors import CodecError, DigestMismatch
 from contracts.events import Event, UpdateAccepted
-from contracts.ports import BlobStore
 from contracts.run_state import RunState
 from contracts.tensor_codec import ChunkAssembler, Manifest, TooLarge
 from contracts.update_validation import RejectReason, norm_bound, validate_update
@@ -31,11 +30,10 @@ _TRACER = tracer("fedbus.coordinator")
 
 
 class UploadAdmission:
-    def __init__(self, runs: RunLedger, models: ModelServer, clients: ClientRegistry, blobs: BlobStore) -> None:
+    def __init__(self, runs: RunLedger, models: ModelServer, clients: ClientRegistry) -> None:
         self._runs = runs
         self._models = models
         self._clients = clients
-        self._blobs = blobs
 
     async def receive(
         self, client_id: str, header: UploadHeader, first: bytes, rest: AsyncIterable[bytes]
@@ -80,7 +78,6 @@ class UploadAdmission:
         refusal = _verdict(payload, manifest, max_norm=bound)
         if refusal is not None:
             raise await self._recorded(header, refusal)
-        await self._blobs.put_blob(header.sha256, "update", payload)
         update_id, pool = uuid.uuid4().hex, self._clients.pool()
         accepted: list[UpdateAccepted] = []
 
@@ -89,7 +86,13 @@ class UploadAdmission:
             accepted[:] = [e for e in events if isinstance(e, UpdateAccepted)]
             return events
 
-        await self._runs.commit(header.run_id, decision, lambda state, now: decide.due(state, pool, now), fresh=False)
+        await self._runs.commit(
+            header.run_id,
+            decision,
+            lambda state, now: decide.due(state, pool, now),
+            fresh=False,
+            blobs=[(header.sha256, "update", payload)],
+        )
         return accepted[0]
 
     async def _recorded(self, header: UploadHeader, refusal: UploadRefused) -> UploadRefused:

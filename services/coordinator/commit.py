@@ -64,8 +64,19 @@ class RunLedger:
             self._metrics.observe(recorded.envelope.event, recorded.envelope.occurred_at, run)
         return run
 
-    async def commit(self, run_id: str, decision: Decision, follow_up: Decision, *, fresh: bool = True) -> None:
+    async def commit(
+        self,
+        run_id: str,
+        decision: Decision,
+        follow_up: Decision,
+        *,
+        fresh: bool = True,
+        blobs: Sequence[tuple[str, str, bytes]] = (),
+    ) -> None:
         """Append what `decision` returns, then what `follow_up` returns, until nothing more is due.
+
+        `blobs` ((digest, kind, data), e.g. an accepted update) are stored in the transaction that appends what
+        `decision` returns, so they exist exactly when its events do: a refused upload leaves no blob behind.
 
         The events appended are folded into the run as written (no read back). With `fresh=False` the first
         decision is taken on the run as this coordinator last knew it, which saves a read on the hot path (an
@@ -90,12 +101,15 @@ class RunLedger:
                     continue
                 envelopes = self._envelopes(run, events, now)
                 try:
-                    version = await self._log.append(run_stream(run_id), envelopes, expected_version=run.version)
+                    async with self._log.transaction() as uow:
+                        for digest, kind, data in blobs:  # before the append: not under its lock on PostgreSQL
+                            await uow.put_blob(digest, kind, data)
+                        version = await uow.append(run_stream(run_id), envelopes, expected_version=run.version)
                 except ConcurrencyConflict:
                     run, known = await self.refresh(run_id), True
                     continue
                 self._fold(run, envelopes, version)
-                decision, known = follow_up, True
+                decision, known, blobs = follow_up, True, ()
             else:
                 raise ConcurrencyConflict(f"run {run_id}: gave up after repeated conflicts")
 

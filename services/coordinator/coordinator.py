@@ -34,7 +34,7 @@ class Coordinator:
         self.clients = ClientRegistry(log_)
         self.runs = RunLedger(log_, clock or SystemClock(), self.metrics)
         self.models = ModelServer(log_, self.runs, self.metrics)
-        self.uploads = UploadAdmission(self.runs, self.models, self.clients, log_)
+        self.uploads = UploadAdmission(self.runs, self.models, self.clients)
         self._position = 0  # how far `sync` has read the whole log
 
     async def recover(self) -> None:

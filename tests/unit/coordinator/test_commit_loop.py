@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -13,7 +14,7 @@ from contracts.events import ModelInitialized, QuorumReached, RoundAggregated, R
 from contracts.streams import run_stream
 from contracts.update_validation import RejectReason
 from contracts.uploads import ClientCapabilities, UploadHeader
-from persistence.in_memory_event_log import InMemoryEventLog
+from persistence.in_memory_event_log import InMemoryEventLog, InMemoryUnitOfWork
 from services.coordinator import decide
 from services.coordinator.coordinator import Coordinator
 from services.coordinator.errors import UploadRefused
@@ -30,17 +31,19 @@ class FakeClock:
 
 
 class InterleavingLog(InMemoryEventLog):
-    """Another writer appends `foreign` to a run's stream just before the coordinator's next append there."""
+    """Another writer appends `foreign` to the run's stream just before the coordinator's next transaction."""
 
     def __init__(self) -> None:
         super().__init__()
         self.foreign: list[Envelope] = []
 
-    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
-        if self.foreign and stream_id == run_stream(RUN) and expected_version is not None:
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[InMemoryUnitOfWork]:
+        if self.foreign:
             sneaked, self.foreign = self.foreign, []
-            await super().append(stream_id, sneaked)
-        return await super().append(stream_id, events, expected_version)
+            await super().append(run_stream(RUN), sneaked)
+        async with super().transaction() as uow:
+            yield uow
 
 
 def run_config() -> RunConfig:
@@ -71,6 +74,7 @@ async def accept(coordinator: Coordinator, client_id: str, *, fresh: bool = True
         lambda run, now: decide.accept(run, header, update_id=f"u-{client_id}", wire_bytes=10, pool=pool, now=now),
         lambda run, now: decide.due(run, pool, now),
         fresh=fresh,
+        blobs=[(header.sha256, "update", f"update of {client_id}".encode())],
     )
 
 
@@ -154,6 +158,7 @@ def test_an_upload_decided_on_a_stale_run_conflicts_and_is_refused_on_the_curren
 
         assert refused.value.reason is RejectReason.ROUND_CLOSED
         assert "UpdateAccepted" not in await kinds(log)
+        assert not await log.has_blob("b" * 64)  # stored only with its acceptance
         assert coordinator.run_state(RUN).completed == "stopped"
 
     asyncio.run(scenario())
@@ -179,5 +184,6 @@ def test_an_upload_decided_on_the_run_as_known_is_appended_and_folded_without_a_
         state = coordinator.run_state(RUN)
         assert state.version == stream[-1].version and stream[-1].envelope.type == "UpdateAccepted"
         assert state.current is not None and clients[0] in state.current.accepted
+        assert await log.get_blob("b" * 64) == f"update of {clients[0]}".encode()
 
     asyncio.run(scenario())
