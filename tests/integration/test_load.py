@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from contracts.envelope import Envelope
 from contracts.events import QuorumReached, UpdateAccepted
-from persistence.in_memory_event_log import InMemoryEventLog
+from persistence.in_memory_event_log import InMemoryEventLog, InMemoryUnitOfWork
 from tests.integration.grpc_world import update_payload, world
 
 CLIENTS = 200
 
 
 class SlowCommitLog(InMemoryEventLog):
-    """A log whose appends take 5 ms, like a database under load: uploads pile up at the coordinator."""
+    """A log whose transactions take 5 ms, like a database under load: uploads pile up at the coordinator."""
 
-    async def append(self, stream_id: str, events: Sequence[Envelope], expected_version: int | None = None) -> int:
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[InMemoryUnitOfWork]:
         await asyncio.sleep(0.005)
-        return await super().append(stream_id, events, expected_version)
+        async with super().transaction() as uow:
+            yield uow
 
 
 def test_two_hundred_concurrent_uploads_are_shed_and_retried_not_collapsed() -> None:
