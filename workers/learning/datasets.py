@@ -143,16 +143,16 @@ def _downloaded(name: str, train: bool, folder: Path, looked_in: Sequence[Path])
     `fedbus up`, all start by loading the data set, and the others then read what the first one fetched."""
     failures = []
     downloaders = DOWNLOADERS[name] if os.environ.get("FEDBUS_DOWNLOAD", "1") != "0" else ()
-    with _download_lock(folder if downloaders else None):
-        if downloaders:
+    if downloaders:
+        with _download_lock(folder):
             with contextlib.suppress(*_READ_ERRORS):
                 return _read(name, train, folder)  # fetched by another process while this one waited
-        for download in downloaders:
-            try:
-                download(folder)
-                return _read(name, train, folder)
-            except _DOWNLOAD_ERRORS as exc:
-                failures.append(f"{download.__name__}: {exc}")
+            for download in downloaders:
+                try:
+                    download(folder)
+                    return _read(name, train, folder)
+                except _DOWNLOAD_ERRORS as exc:
+                    failures.append(f"{download.__name__}: {exc}")
     raise DataUnavailable(
         f"dataset {name!r} not found in {', '.join(str(r) for r in looked_in)} and could not be downloaded "
         f"({'; '.join(failures) or 'downloads are off: FEDBUS_DOWNLOAD=0'}). "
@@ -161,11 +161,8 @@ def _downloaded(name: str, train: bool, folder: Path, looked_in: Sequence[Path])
 
 
 @contextlib.contextmanager
-def _download_lock(folder: Path | None) -> Iterator[None]:
-    """Holds an exclusive lock on `folder`/.fedbus-download.lock (nothing for None)."""
-    if folder is None:
-        yield
-        return
+def _download_lock(folder: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `folder`/.fedbus-download.lock (released when the file closes)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = (folder / ".fedbus-download.lock").open("a")
@@ -174,10 +171,7 @@ def _download_lock(folder: Path | None) -> Iterator[None]:
         return
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def fetch_dataset(name: str, folder: Path) -> bool:
