@@ -7,6 +7,7 @@ The plain shape is the one every event log written so far holds; change it only 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from contracts.config import PrivacyConfig, RoundConfig, RunConfig, upcast_task
 from contracts.errors import CodecError, ConfigError
 from contracts.strategy import FEDPROX, StrategyConfig
 
-__all__ = ["BUDGET_TOLERANCE", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy"]
+__all__ = ["BUDGET_TOLERANCE", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy", "planned_trainings"]
 
 _PLAN_KEYS = frozenset(
     {
@@ -63,7 +64,9 @@ class TrainPlan:
     # data set: every such client computes the same split. Which share a client holds is its own setting.
     partition: str
     seed: int
-    rounds: int  # the run's planned rounds: the noise multiplier is calibrated over them
+    # The local trainings each client is planned for, which the noise multiplier is calibrated over: the run's
+    # rounds, or under FedBuff a client's share of its rounds x buffer_size trainings (see `planned_trainings`).
+    rounds: int
     epochs: int
     batch_size: int
     lr: float
@@ -159,7 +162,7 @@ def plan_for(config: RunConfig) -> TrainPlan:
         task=config.task,
         partition=config.partition,
         seed=config.seed,
-        rounds=config.rounds,
+        rounds=planned_trainings(config),
         epochs=rules.local_epochs,
         batch_size=rules.batch_size,
         lr=rules.lr,
@@ -169,6 +172,21 @@ def plan_for(config: RunConfig) -> TrainPlan:
         privacy=plan_privacy(config),
         proximal_mu=config.strategy.proximal_mu,
     )
+
+
+def planned_trainings(config: RunConfig) -> int:
+    """How many local trainings a client is planned for: the run's rounds when every round is one training of
+    each selected client; under FedBuff, its even share of the run's rounds x buffer_size trainings.
+
+    A FedBuff round is one buffer of K updates from whichever clients finish first, so a client trains about
+    rounds x K / clients times, not `rounds` times: calibrating the noise over `rounds` would add noise for
+    trainings that never happen. A client faster than its share runs out of budget sooner and declines; the
+    others go on (the record-level ledger counts the steps each client actually took).
+    """
+    if not config.strategy.asynchronous:
+        return config.rounds
+    share = math.ceil(config.rounds * config.strategy.buffer_size / config.clients)
+    return max(1, min(config.rounds, share))
 
 
 def plan_privacy(config: RunConfig) -> PlanPrivacy:
