@@ -51,6 +51,7 @@ def _federate(
     train_limit: int | None,
     eval_limit: int | None,
     target: float,
+    epsilon: float | None,
 ) -> FederatedResult:
     clients = len(devices)
     strategy = StrategyConfig(name=FEDBUFF, options={"buffer_size": buffer}) if buffer else None
@@ -59,7 +60,7 @@ def _federate(
         rounds=math.ceil(rounds * clients / buffer) if buffer else rounds,
         train_limit=train_limit,
         eval_limit=eval_limit,
-        epsilon=None,
+        epsilon=epsilon,
         quorum=quorum,
         target_accuracy=target,
         strategy=strategy,
@@ -90,43 +91,51 @@ def run(
     train_limit: int | None,
     eval_limit: int | None,
     target: float,
+    dp_epsilon: float,
+    dp_target: float,
     base_compute_s: float,
     plot: Path,
+    dp_plot: Path,
 ) -> list[str]:
-    """Every mode at every client count on the same devices; the table, the speed-ups and a plot."""
+    """Every mode at every client count on the same devices, without DP (to `target`) and with record-level DP
+    at `dp_epsilon` (to `dp_target`); the tables, the speed-ups and a plot of each."""
 
     def one(
-        devices: list[Device], quorum: float, buffer: int | None, plans: PlansConfig | None = None
+        devices: list[Device], quorum: float, buffer: int | None, plans: PlansConfig | None, epsilon: float | None
     ) -> FederatedResult:
         return _federate(
             executor, devices, quorum=quorum, buffer=buffer, plans=plans, data_dir=data_dir, rounds=rounds,
-            train_limit=train_limit, eval_limit=eval_limit, target=target,
+            train_limit=train_limit, eval_limit=eval_limit, target=target if epsilon is None else dp_target,
+            epsilon=epsilon,
         )  # fmt: skip
 
-    results: dict[tuple[int, str], FederatedResult] = {}
+    plain: dict[tuple[int, str], FederatedResult] = {}
+    private: dict[tuple[int, str], FederatedResult] = {}
     tried: dict[int, FederatedResult] = {}
     chosen = 0.0
     for index, count in enumerate(client_counts):
         devices = draw_devices(count, base_compute_s=base_compute_s, uplink_mbit=UPLINK_MBIT)
-        results[(count, "synchronous")] = one(devices, 1.0, None)
-        results[(count, "quorum 0.8")] = one(devices, 0.8, None)
-        results[(count, "capability-aware")] = one(devices, 0.8, None, PLANS)
-        if index == 0:
-            for fraction in BUFFER_FRACTIONS:
-                buffer = max(1, round(fraction * count))
-                tried[buffer] = one(devices, 1.0, buffer)
-            best = min(tried, key=lambda k: (_time_to(tried[k], target), -tried[k].rows[-1].accuracy))
-            chosen = best / count
-            results[(count, f"FedBuff K={best}")] = tried[best]
-        else:
-            buffer = max(1, round(chosen * count))
-            results[(count, f"FedBuff K={buffer}")] = one(devices, 1.0, buffer)
+        for results, epsilon in ((plain, None), (private, dp_epsilon)):
+            results[(count, "synchronous")] = one(devices, 1.0, None, None, epsilon)
+            results[(count, "quorum 0.8")] = one(devices, 0.8, None, None, epsilon)
+            results[(count, "capability-aware")] = one(devices, 0.8, None, PLANS, epsilon)
+            if index == 0 and epsilon is None:
+                for fraction in BUFFER_FRACTIONS:
+                    buffer = max(1, round(fraction * count))
+                    tried[buffer] = one(devices, 1.0, buffer, None, None)
+                best = min(tried, key=lambda k: (_time_to(tried[k], target), -tried[k].rows[-1].accuracy))
+                chosen = best / count
+                results[(count, f"FedBuff K={best}")] = tried[best]
+            else:
+                buffer = max(1, round(chosen * count))
+                results[(count, f"FedBuff K={buffer}")] = one(devices, 1.0, buffer, None, epsilon)
     samples, tests = data_scope(train_limit, eval_limit)
     lines = [
-        f"`mnist_dp_cnn` without DP, clients sharing {samples} MNIST training samples (IID), one local epoch per "
-        f"round (batch {BATCH_SIZE}, lr {LR:g}, momentum 0.5), int8 updates, test accuracy on {tests} test "
-        "samples, until "
-        f"{target:.0%} or the same budget of client updates ({rounds} x every client). Seeded devices: "
+        f"`mnist_dp_cnn`, clients sharing {samples} MNIST training samples (IID), one local epoch per "
+        f"round (batch {BATCH_SIZE}, lr {LR:g}, momentum 0.5), int8 updates, test accuracy "
+        f"on {tests} test samples, until "
+        f"{target:.0%} without DP (or {dp_target:.0%} with record-level DP at epsilon {dp_epsilon:g}, delta 1e-5, "
+        f"clip 1.0, RDP) or the same budget of client updates ({rounds} x every client). Seeded devices: "
         f"each client's round costs its real training plus {base_compute_s:g} s x a speed factor (1-1.5x; "
         f"{STRAGGLERS:.0%} stragglers at 3-5x), uploads through its own {UPLINK_MBIT[0]:g}-{UPLINK_MBIT[1]:g} "
         "Mbit/s uplink (log-uniform). Same devices for every mode; real gRPC, SQLite log, in-memory broker. "
@@ -135,27 +144,48 @@ def run(
         "from its second round each client trains the local steps that fit the median client's measured round "
         "time (at least a quarter epoch), and sends top-k when int8 would take over half of it on its link. "
         "**FedBuff**: buffers of K updates, every client training, staleness weight (1 + tau)^-0.5, at most 4 "
-        "versions stale.",
+        "versions stale. With DP each client's noise is calibrated over the trainings it is planned for (every "
+        "round; under FedBuff its share, rounds x K / clients), its ledger counts the steps it actually took, and "
+        "a client whose next training would pass the budget declines.",
         "",
-        f"FedBuff's K was tried at {client_counts[0]} clients as "
+        f"FedBuff's K was tried at {client_counts[0]} clients without DP as "
         + ", ".join(f"{k} ({_hit_text(r, target)})" for k, r in tried.items())
-        + f"; the better, K = {chosen:.0%} of the clients, is used at every count.",
+        + f"; the better, K = {chosen:.0%} of the clients, is used at every count and with DP.",
         "",
+        "Without DP:",
+        "",
+        *_table(plain, target),
+        "",
+        f"![accuracy over wall-clock time without DP]({plot.name})",
+        "",
+        f"With record-level DP, epsilon {dp_epsilon:g}:",
+        "",
+        *_table(private, dp_target),
+        "",
+        f"![accuracy over wall-clock time with DP]({dp_plot.name})",
+    ]
+    for path, results, title in (
+        (plot, plain, "without DP"),
+        (dp_plot, private, f"record-level DP, epsilon {dp_epsilon:g}"),
+    ):
+        curves = {
+            (f"{count} clients", mode.split(" K=")[0]): [(row.elapsed_s, row.accuracy) for row in result.rows]
+            for (count, mode), result in results.items()
+        }
+        plots.accuracy_over_time(path, curves, f"heterogeneous clients, {title}")
+    return lines
+
+
+def _table(results: dict[tuple[int, str], FederatedResult], target: float) -> list[str]:
+    return [
         f"| clients | mode | server steps | median step time | steps to {target:.0%} | time to {target:.0%} "
         "| final accuracy | speed-up over quorum 0.8 |",
         "|---|---|---|---|---|---|---|---|",
+        *(
+            _row(count, mode, result, results[(count, "quorum 0.8")], target)
+            for (count, mode), result in results.items()
+        ),
     ]
-    for (count, mode), result in results.items():
-        lines.append(_row(count, mode, result, results[(count, "quorum 0.8")], target))
-    curves = {
-        (f"{count} clients", mode.split(" K=")[0]): [(row.elapsed_s, row.accuracy) for row in result.rows]
-        for (count, mode), result in results.items()
-    }
-    plots.accuracy_over_time(
-        plot, curves, "synchronous, quorum 0.8, capability-aware plans and FedBuff on heterogeneous clients"
-    )
-    lines += ["", f"![accuracy over wall-clock time]({plot.name})"]
-    return lines
 
 
 def _hit_text(result: FederatedResult, target: float) -> str:

@@ -47,7 +47,7 @@ def accuracy_over_time(path: Path, curves: Mapping[tuple[str, str], Sequence[tup
     colors = dict(zip(dict.fromkeys(group for group, _ in curves), COLORS, strict=False))
     modes = list(dict.fromkeys(mode for _, mode in curves))
     for (group, mode), points in curves.items():
-        style = ("--", "-", ":")[modes.index(mode) % 3]
+        style = ("--", "-", ":", "-.")[modes.index(mode) % 4]
         x, y = [t for t, _ in points], [a for _, a in points]
         ax.plot(x, y, style, marker="o", markersize=3, color=colors.get(group, "black"), label=f"{mode}, {group}")
     ax.set_xlabel("wall-clock seconds since the run started")
