@@ -69,7 +69,8 @@ def due(run: RunState, pool: ClientPool, now: float) -> list[Event]:
         return [_completed(run, StopReason.FAILED)]
     if current.closed:
         return _aggregation_overdue(run, now)
-    decision = close_decision(current, run.config, now)
+    nobody_training = run.config.strategy.asynchronous and not run.in_flight(current.model_version)
+    decision = close_decision(current, run.config, now, nobody_training=nobody_training)
     if decision is RoundDecision.QUORUM:
         accepted = list(current.accepted.values())
         samples = sum(u.num_samples for u in accepted)

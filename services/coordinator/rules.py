@@ -55,15 +55,19 @@ class RoundDecision(StrEnum):
     FAIL = "fail"
 
 
-def close_decision(round_: RoundState, config: RunConfig, now: float) -> RoundDecision:
+def close_decision(
+    round_: RoundState, config: RunConfig, now: float, *, nobody_training: bool = False
+) -> RoundDecision:
     """Whether an open round should close now, and how: the grace period runs from the fold's `quorum_at`.
 
     A FedBuff buffer has no cohort that could all have answered: clients of earlier buffers may still send to
-    it, so it closes on its size, or at its deadline."""
+    it, so it closes on its size, at its deadline, or once `nobody_training` (no client has work outstanding
+    that could still count in it: every one answered, declined or left, so nothing more can arrive)."""
     if round_.closed:
         return RoundDecision.WAIT
     accepted = len(round_.accepted)
-    everyone_answered = not config.strategy.asynchronous and round_.responded >= len(round_.selected)
+    asynchronous = config.strategy.asynchronous
+    everyone_answered = nobody_training if asynchronous else round_.responded >= len(round_.selected)
     enough = accepted >= needed_updates(round_, config)
     if enough and (everyone_answered or config.round.grace_s == 0):
         return RoundDecision.QUORUM

@@ -8,6 +8,7 @@ import hashlib
 from contracts.config import PrivacyConfig, RoundConfig, RunConfig
 from contracts.events import (
     SAMPLING_BUFFER,
+    ClientDeclined,
     Event,
     ModelInitialized,
     QuorumReached,
@@ -163,6 +164,33 @@ def test_a_buffer_does_not_close_because_its_own_cohort_answered() -> None:
     upload(run, "c1", round_=2, version=1)
     assert run.current is not None and not run.current.closed
     assert decide.due(run, POOL, 50.0) == []  # 2 of 3: wait for the buffer, whoever fills it
+
+
+def test_a_buffer_that_nobody_can_fill_any_more_closes_with_what_it_has_instead_of_waiting_for_its_deadline() -> None:
+    # With record-level DP a client faster than its share of the trainings runs out of budget and declines:
+    # once every client with work has answered or declined, nothing more can come into the open buffer.
+    run = buffered(buffer=4)
+    commit(run, decide.due(run, POOL, 0.0))
+    upload(run, "c0", round_=1, version=0)
+    for client in CLIENTS[1:-1]:
+        declined = ClientDeclined(run_id=RUN, round=1, client_id=client, reason="privacy_budget")
+        commit(run, [declined, *decide.then(run, [declined], POOL, 1.0)[1:]])
+    assert run.current is not None and not run.current.closed  # c5 still trains: it could fill the buffer
+    declined = ClientDeclined(run_id=RUN, round=1, client_id="c5", reason="privacy_budget")
+    closed = [e for e in decide.then(run, [declined], POOL, 1.0) if isinstance(e, QuorumReached)]
+    assert len(closed) == 1 and closed[0].update_ids == ("u-c0-1",) and closed[0].partial
+
+
+def test_a_buffer_nobody_can_fill_and_too_small_fails_and_the_retry_gives_the_idle_clients_work() -> None:
+    run = buffered(buffer=2)
+    commit(run, decide.due(run, POOL, 0.0))
+    for client in CLIENTS:
+        declined = ClientDeclined(run_id=RUN, round=1, client_id=client, reason="cannot train")
+        events = commit(run, [declined, *decide.then(run, [declined], POOL, 1.0)[1:]])
+    failed = next(e for e in events if isinstance(e, RoundFailed))
+    assert failed.reason == "too few updates"  # at once, not at the deadline (t = 100)
+    retry = started(commit(run, decide.due(run, POOL, 1.0)))
+    assert retry.attempt == 2 and retry.selected == CLIENTS
 
 
 def test_a_model_download_for_outstanding_work_is_served_until_the_work_is_too_stale() -> None:
