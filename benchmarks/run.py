@@ -210,7 +210,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
         lambda c: heterogeneity.run(
         c.executor, data_dir=c.data_dir, client_counts=c.p.heterogeneity_clients, rounds=c.p.heterogeneity_rounds,
         target=c.p.heterogeneity_target, dp_epsilon=c.p.heterogeneity_epsilon, dp_target=c.p.heterogeneity_dp_target,
-        base_compute_s=c.p.device_s, plot=c.folder / "heterogeneity.png", dp_plot=c.folder / "heterogeneity_dp.png",
+        base_compute_s=c.p.device_s, plot=c.folder / "heterogeneity.png",
+        noniid_plot=c.folder / "heterogeneity_noniid.png", dp_plot=c.folder / "heterogeneity_dp.png",
         **c.sizes),
         True),
     "scale": ("Scale on RabbitMQ and PostgreSQL", lambda c: _scale(c.p, c.data_dir, c.folder / "scale.png"), False),
