@@ -15,7 +15,7 @@ uplinks spread over 0.5-50 Mbit/s. Every mode sends int8 updates unless its plan
   target (the other modes have no knob left: the issue fixes their quorums), and the page shows both.
 
 Three settings, each a table: without DP on an IID split and on Dirichlet(0.5) over the labels, and with
-record-level DP on the IID split (each client's noise calibrated over the trainings it is planned for).
+record-level DP on the IID split.
 
 The run budget is the same number of client updates for every mode: `rounds` rounds of all clients, i.e.
 rounds * clients / K buffers for FedBuff.
@@ -173,9 +173,9 @@ def run(
         "from its second round each client trains the local steps that fit the median client's measured round "
         "time (at least a quarter epoch), and sends top-k when int8 would take over half of it on its link. "
         "**FedBuff**: buffers of K updates, every client training, staleness weight (1 + tau)^-0.5, at most 4 "
-        "versions stale. With DP each client's noise is calibrated over the trainings it is planned for (every "
-        "round; under FedBuff its share, rounds x K / clients), its ledger counts the steps it actually took, and "
-        "a client whose next training would pass the budget declines.",
+        "versions stale. With DP each client's noise is calibrated over the run's rounds (under FedBuff: over every "
+        "buffer, though a client trains in only some), its ledger counts the steps it actually took, and a client "
+        "whose next training would pass the budget declines.",
         "",
         f"FedBuff's K was tried at {client_counts[0]} clients without DP as "
         + ", ".join(f"{k} ({_hit_text(r, target)})" for k, r in tried.items())

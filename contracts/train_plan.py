@@ -7,7 +7,6 @@ The plain shape is the one every event log written so far holds; change it only 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from contracts.config import PrivacyConfig, RoundConfig, RunConfig, upcast_task
 from contracts.errors import CodecError, ConfigError
 from contracts.strategy import FEDPROX, StrategyConfig
 
-__all__ = ["BUDGET_TOLERANCE", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy", "planned_trainings"]
+__all__ = ["BUDGET_TOLERANCE", "PlanPrivacy", "TrainPlan", "plan_for", "plan_privacy"]
 
 _PLAN_KEYS = frozenset(
     {
@@ -64,9 +63,7 @@ class TrainPlan:
     # data set: every such client computes the same split. Which share a client holds is its own setting.
     partition: str
     seed: int
-    # The local trainings each client is planned for, which the noise multiplier is calibrated over: the run's
-    # rounds, or under FedBuff a client's share of its rounds x buffer_size trainings (see `planned_trainings`).
-    rounds: int
+    rounds: int  # the run's planned rounds: the noise multiplier is calibrated over them
     epochs: int
     batch_size: int
     lr: float
@@ -162,7 +159,7 @@ def plan_for(config: RunConfig) -> TrainPlan:
         task=config.task,
         partition=config.partition,
         seed=config.seed,
-        rounds=planned_trainings(config),
+        rounds=config.rounds,
         epochs=rules.local_epochs,
         batch_size=rules.batch_size,
         lr=rules.lr,
@@ -172,21 +169,6 @@ def plan_for(config: RunConfig) -> TrainPlan:
         privacy=plan_privacy(config),
         proximal_mu=config.strategy.proximal_mu,
     )
-
-
-def planned_trainings(config: RunConfig) -> int:
-    """How many local trainings a client is planned for: the run's rounds when every round is one training of
-    each selected client; under FedBuff, its even share of the run's rounds x buffer_size trainings.
-
-    A FedBuff round is one buffer of K updates from whichever clients finish first, so a client trains about
-    rounds x K / clients times, not `rounds` times: calibrating the noise over `rounds` would add noise for
-    trainings that never happen. A client faster than its share runs out of budget sooner and declines; the
-    others go on (the record-level ledger counts the steps each client actually took).
-    """
-    if not config.strategy.asynchronous:
-        return config.rounds
-    share = math.ceil(config.rounds * config.strategy.buffer_size / config.clients)
-    return max(1, min(config.rounds, share))
 
 
 def plan_privacy(config: RunConfig) -> PlanPrivacy:

@@ -15,8 +15,7 @@ from contracts.envelope import Envelope
 from contracts.errors import CodecError
 from contracts.event_codec import decode_envelope, encode_envelope
 from contracts.events import RoundStarted
-from contracts.strategy import FEDBUFF, StrategyConfig
-from contracts.train_plan import TrainPlan, plan_for, planned_trainings
+from contracts.train_plan import TrainPlan, plan_for
 
 # What the coordinator puts in RoundStarted.train.
 LOGGED = {
@@ -126,29 +125,6 @@ def test_a_plan_takes_each_value_from_the_run_config() -> None:
         "dirichlet:0.5",
         1000,
     )
-
-
-@pytest.mark.parametrize(
-    ("rounds", "clients", "buffer", "trainings"),
-    [
-        (50, 25, 10, 20),  # 500 trainings over 25 clients
-        (7, 10, 3, 3),  # 21 over 10: a client's share, rounded up
-        (4, 10, 1, 1),  # fewer trainings than clients: still one
-        (3, 2, 5, 3),  # a buffer larger than the federation: never more than the rounds
-    ],
-)
-def test_fedbuff_plans_each_client_for_its_share_of_the_trainings(
-    rounds: int, clients: int, buffer: int, trainings: int
-) -> None:
-    config = RunConfig(
-        clients=clients, rounds=rounds, strategy=StrategyConfig(name=FEDBUFF, options={"buffer_size": buffer})
-    )
-
-    assert planned_trainings(config) == plan_for(config).rounds == trainings
-
-
-def test_a_synchronous_run_plans_every_client_for_every_round() -> None:
-    assert planned_trainings(CONFIG) == plan_for(CONFIG).rounds == CONFIG.rounds
 
 
 def test_an_integer_where_a_float_goes_decodes_as_a_float() -> None:
