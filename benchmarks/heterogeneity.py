@@ -41,8 +41,8 @@ UPLINK_MBIT = (0.5, 50.0)
 BATCH_SIZE, LR = 32, 0.2
 PLANS = PlansConfig(adaptive=True, codecs=("int8", "topk:0.1+int8"))  # target: the median; min_work 0.25
 BUFFER_FRACTIONS = (0.2, 0.4)  # FedBuff's K as a fraction of the clients, the two values tried
-# Non-IID: what quorum 0.8 loses by dropping the same stragglers every round is their labels, which an IID split
-# does not miss; the plans keep them in.
+# Non-IID: quorum 0.8 drops the same stragglers every round, and with them their labels, which an IID split does
+# not miss; the plans keep their updates in (whether that pays is what this setting measures).
 NON_IID = "dirichlet:0.5"
 
 

@@ -167,8 +167,8 @@ def test_a_buffer_does_not_close_because_its_own_cohort_answered() -> None:
 
 
 def test_a_buffer_that_nobody_can_fill_any_more_closes_with_what_it_has_instead_of_waiting_for_its_deadline() -> None:
-    # With record-level DP a client faster than its share of the trainings runs out of budget and declines:
-    # once every client with work has answered or declined, nothing more can come into the open buffer.
+    # Clients decline (their budget spent, or they cannot train): once every client with work has answered or
+    # declined, nothing more can come into the open buffer, since new work goes out only when one closes.
     run = buffered(buffer=4)
     commit(run, decide.due(run, POOL, 0.0))
     upload(run, "c0", round_=1, version=0)
