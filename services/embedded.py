@@ -141,6 +141,7 @@ async def federate(
         if resume is not None:
             config = await _resumable(log, resume)
         settings = dataclasses.replace(embedded_settings(data_dir, tokens), state_dir=state_dir)
+        taken_over = clock.now()  # an attempt started from here on is this process's own (decide.resume)
         # Every writer shares this one log, so its appends wake the relay; the poll is only a safety net.
         coordinator = await coordinator_root.build(
             settings, log=log, broker=broker, clock=clock, tokens=tokens, relay_poll_s=1.0
@@ -170,7 +171,7 @@ async def federate(
             await client.start()
         if resume is not None:
             run_id = resume
-            await coordinator.coordinator.resume(run_id)
+            await coordinator.coordinator.resume(run_id, since=taken_over)
         else:
             if init_weights is not None:
                 config = dataclasses.replace(config, init_model=await put_model(log, init_weights))

@@ -62,9 +62,10 @@ class Coordinator:
     def run_state(self, run_id: str) -> RunState:
         return self.runs.state(run_id)
 
-    async def resume(self, run_id: str) -> None:
-        """Take up a run left by processes that ended (`decide.resume`): its open attempt is started again."""
-        await self.runs.commit(run_id, lambda run, now: decide.resume(run, self.clients.pool(), now), self._due)
+    async def resume(self, run_id: str, since: float) -> None:
+        """Take up a run left by processes that ended (`decide.resume`): its open attempt is started again, unless
+        it was started at or after `since` (the clock's time when these processes took over)."""
+        await self.runs.commit(run_id, lambda run, now: decide.resume(run, self.clients.pool(), now, since), self._due)
 
     async def stop_run(self, run_id: str) -> None:
         await self.runs.commit(run_id, lambda run, _now: decide.stop(run), self._due)

@@ -244,12 +244,16 @@ def decline(run: RunState, client_id: str, round_: int, reason: str, pool: Clien
 RESUMED = "resumed"
 
 
-def resume(run: RunState, pool: ClientPool, now: float) -> list[Event]:
+def resume(run: RunState, pool: ClientPool, now: float, since: float) -> list[Event]:
     """A run taken up again by new processes (`fedbus run --resume`), whose broker went with the old ones: its
     open round's RoundStarted (or QuorumReached) will reach nobody, so that attempt fails as `resumed` and the
-    next attempt starts now, whatever `max_attempts` says (the old processes' end is no failure of the round)."""
+    next attempt starts now, whatever `max_attempts` says (the old processes' end is no failure of the round).
+
+    `since` is when the new processes took over. An attempt started at or after it is theirs (the old ones were
+    killed between rounds, and the new coordinator started the next before it was told to resume): its
+    RoundStarted reached the new clients, so it stays open. Failing it would hand them the round twice."""
     current = run.current
-    if run.completed or current is None or current.aggregated or current.failed:
+    if run.completed or current is None or current.aggregated or current.failed or current.started_at >= since:
         return due(run, pool, now)
     failed = RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=RESUMED)
     preview = copy.deepcopy(run)

@@ -106,7 +106,7 @@ def test_the_decider_plans_the_next_round_from_what_the_clients_measured() -> No
     # The late update measured "b" too.
     assert run.capabilities["b"] == capability(0.04, 1e5)
 
-    retried = decide.resume(run, pool, 3.0)
+    retried = decide.resume(run, pool, 3.0, since=3.0)
 
     started = next(e for e in retried if isinstance(e, RoundStarted))
     assert ClientPlan.from_dict("b", started.plans["b"]).max_steps == 7

@@ -369,7 +369,7 @@ def test_a_damaged_upload_is_not_the_clients_answer_but_a_bad_update_is() -> Non
 def test_a_resumed_run_fails_its_open_attempt_and_starts_the_next_at_once_even_past_max_attempts() -> None:
     run = folded(config(max_attempts=2), initialized(), started(attempt=2), accepted("c0", at=1.0))
 
-    failed, retry = decide.resume(run, POOL, now=5.0)
+    failed, retry = decide.resume(run, POOL, now=5.0, since=4.0)
 
     assert isinstance(failed, RoundFailed) and (failed.attempt, failed.reason) == (2, decide.RESUMED)
     assert isinstance(retry, RoundStarted) and (retry.round, retry.attempt, retry.deadline) == (1, 3, 105.0)
@@ -378,12 +378,21 @@ def test_a_resumed_run_fails_its_open_attempt_and_starts_the_next_at_once_even_p
 def test_a_resumed_run_with_a_quorum_nobody_aggregated_starts_the_round_again() -> None:
     run = folded(config(), initialized(), started(), *(accepted(c, at=1.0) for c in CLIENTS), quorum(at=2.0))
 
-    assert kinds(decide.resume(run, POOL, now=3.0)) == ["RoundFailed", "RoundStarted"]
+    assert kinds(decide.resume(run, POOL, now=3.0, since=2.5)) == ["RoundFailed", "RoundStarted"]
 
 
 def test_resuming_a_run_between_rounds_or_ended_is_what_is_due() -> None:
     between = folded(config(), initialized(), started(), aggregated(1, 0.5))
     ended = folded(config(), initialized(), (RunCompleted(run_id=RUN, reason="stopped", rounds=0, metrics={}), 0.0))
 
-    assert kinds(decide.resume(between, POOL, now=3.0)) == ["RoundStarted"]
-    assert decide.resume(ended, POOL, now=3.0) == []
+    assert kinds(decide.resume(between, POOL, now=3.0, since=2.5)) == ["RoundStarted"]
+    assert decide.resume(ended, POOL, now=3.0, since=2.5) == []
+
+
+def test_an_attempt_the_resuming_processes_started_themselves_stays_open() -> None:
+    """Killed between round 1's aggregation and round 2's start: the new coordinator's first tick starts round 2
+    before it is told to resume. That attempt reached the new clients; failing it would hand them round 2 twice."""
+    run = folded(config(), initialized(), started(), aggregated(1, 0.5), started(round_=2, at=3.0, version=1))
+
+    assert decide.resume(run, POOL, now=3.5, since=2.5) == []
+    assert kinds(decide.resume(run, POOL, now=3.5, since=3.5)) == ["RoundFailed", "RoundStarted"]
