@@ -11,6 +11,9 @@ JsonDict = dict[str, Any]
 DECLINE_PRIVACY_BUDGET: Final = "privacy_budget"
 DECLINE_DATA_UNAVAILABLE: Final = "data_unavailable"
 DECLINE_TASK_UNAVAILABLE: Final = "task_unavailable"
+# The work reached the client after its deadline (a backlog, a restart): answered, so that a FedBuff client's
+# assignment ends instead of counting as still in training until it goes stale.
+DECLINE_TOO_LATE: Final = "too_late"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,7 @@ from contracts.events import (
     DECLINE_DATA_UNAVAILABLE,
     DECLINE_PRIVACY_BUDGET,
     DECLINE_TASK_UNAVAILABLE,
+    DECLINE_TOO_LATE,
     RoundStarted,
     RunCompleted,
 )
@@ -134,6 +135,7 @@ class ClientWorker:
             return
         if self._clock.now() > event.deadline:
             log.info("client %s: round %s closed before it could train", self.client_id, event.round)
+            await self._decline(event, DECLINE_TOO_LATE)
             return
         memory.done.add((event.round, event.attempt))
         try:
@@ -240,7 +242,9 @@ class ClientWorker:
         try:
             await self._transport.decline(event.run_id, event.round, reason)
         except grpc.aio.AioRpcError as exc:
-            log.warning("client %s: decline refused: %s %s", self.client_id, exc.code(), exc.details())
+            # FAILED_PRECONDITION: the round closed meanwhile, and nobody waits for an answer any more.
+            level = logging.INFO if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logging.WARNING
+            log.log(level, "client %s: decline refused: %s %s", self.client_id, exc.code(), exc.details())
 
     async def _cannot_train(self, event: RoundStarted, error: TaskError | DataUnavailable) -> None:
         log.error("client %s cannot train round %s: %s", self.client_id, event.round, error)

@@ -14,7 +14,7 @@ from broker.disposition import Disposition, settle
 from contracts.envelope import Envelope
 from contracts.errors import CodecError
 from contracts.event_codec import encode_envelope
-from contracts.events import RoundStarted
+from contracts.events import DECLINE_TOO_LATE, RoundStarted
 from contracts.tensor_codec import encode_with_manifest
 from fedbus import DataRequest, DataUnavailable, TaskError
 from workers.client.ledger_store import LedgerStore
@@ -79,8 +79,11 @@ class FixedTrainer(PoolTrainer):
 
 
 class Clock:
+    def __init__(self, now: float = 0.0) -> None:
+        self._now = now
+
     def now(self) -> float:
-        return 0.0
+        return self._now
 
 
 def round_started(round_: int, *, epsilon: float = 3.0, **changes: object) -> Envelope:
@@ -97,7 +100,11 @@ def round_started(round_: int, *, epsilon: float = 3.0, **changes: object) -> En
 
 
 def worker(
-    ledgers: LedgerStore | None = None, *, failure: Exception | None = None, client_data: Path | None = None
+    ledgers: LedgerStore | None = None,
+    *,
+    failure: Exception | None = None,
+    client_data: Path | None = None,
+    now: float = 0.0,
 ) -> tuple[ClientWorker, RecordingTransport, FixedTrainer]:
     transport, trainer = RecordingTransport(), FixedTrainer(failure)
     registration = Registration(client_id="c-1", token="t")
@@ -106,7 +113,7 @@ def worker(
         trainer,
         registration,
         data_dir=None,
-        clock=Clock(),
+        clock=Clock(now),
         ledgers=ledgers,
         client_data=client_data,
         share=None if client_data else (0, 2),  # type: ignore[arg-type]
@@ -134,6 +141,16 @@ def test_a_redelivered_round_is_not_trained_twice() -> None:
     asyncio.run(twice())
 
     assert len(transport.uploads) == 1
+
+
+def test_work_that_arrives_past_its_deadline_is_declined_as_too_late_without_training() -> None:
+    """Answered rather than dropped: under FedBuff the client's assignment ends with the answer; dropped, it
+    counted as still training until it went stale, and a buffer waiting only on it waited for its deadline."""
+    client, transport, trainer = worker(now=11.0)  # round_started's deadline is 10.0
+
+    asyncio.run(client.handle(round_started(1)))
+
+    assert transport.declines == [("r", 1, DECLINE_TOO_LATE)] and trainer.calls == [] and transport.uploads == []
 
 
 def test_a_client_declines_a_round_that_would_pass_its_budget() -> None:
