@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -14,7 +15,7 @@ from contracts.errors import CodecError
 from contracts.ports import Clock
 from contracts.proto.fedbus.v1 import federation_pb2 as pb
 from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
-from contracts.tensor_codec import iter_chunks
+from contracts.tensor_codec import Manifest, iter_chunks
 from contracts.uploads import ClientCapabilities, UploadHeader, check_count, check_text
 from contracts.wire import CHUNK_SIZE, RETRY_AFTER_KEY
 from ops.clock import SystemClock
@@ -34,6 +35,18 @@ def bearer(context: grpc.aio.ServicerContext[object, object]) -> str:
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer ") :]
     raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+
+
+MODEL_FRAMES_KEPT = 2  # model versions whose serialized download is kept (the open round's, and the last one's)
+
+
+def _model_chunks(manifest: Manifest, data: bytes, chunk_size: int, offset: int) -> Iterator[pb.ModelChunk]:
+    """A model's download from `offset` on: the first message carries the manifest (one empty chunk past the end)."""
+    specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in manifest.tensors]
+    header: pb.Manifest | None = pb.Manifest(digest=manifest.digest, size=manifest.size, tensors=specs)
+    for chunk in iter_chunks(data, chunk_size, offset=offset) if offset < len(data) else [b""]:
+        yield pb.ModelChunk(manifest=header, data=chunk)
+        header = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +74,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._clock = clock or SystemClock()
         self._tokens = tokens
         self._chunk_size = chunk_size
+        self._frames: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()  # digest -> frames
 
     def _client_id(self, context: grpc.aio.ServicerContext[object, object]) -> str:
         return self._tokens.verify(bearer(context), now=self._clock.now())
@@ -92,7 +106,8 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     async def DownloadModel(
         self, request: pb.DownloadRequest | Malformed, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[pb.ModelChunk]:
+    ) -> AsyncIterator[bytes]:
+        """The model, as serialized ModelChunk messages (grpc_wire sends bytes as they are)."""
         try:
             self._client_id(context)
             ask: pb.DownloadRequest = parsed(request)
@@ -103,13 +118,27 @@ class FederationServicer(pb_grpc.FederationServicer):
             manifest, data = await self._coordinator.models.model(ask.run_id, ask.model_version, ask.round)
         except Exception as exc:
             await context.abort(*status_of(exc))
-        specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in manifest.tensors]
-        first = True
-        chunks = iter_chunks(data, self._chunk_size, offset=ask.offset) if ask.offset < len(data) else [b""]
-        for chunk in chunks:
-            header = pb.Manifest(digest=manifest.digest, size=manifest.size, tensors=specs) if first else None
-            yield pb.ModelChunk(manifest=header, data=chunk)
-            first = False
+        if ask.offset == 0:
+            for frame in self._whole_model_frames(manifest, data):
+                yield frame
+        else:
+            for message in _model_chunks(manifest, data, self._chunk_size, ask.offset):
+                yield message.SerializeToString()
+
+    def _whole_model_frames(self, manifest: Manifest, data: bytes) -> list[bytes]:
+        """A whole model's download as serialized ModelChunk messages, built once per model version and kept for
+        the latest MODEL_FRAMES_KEPT: every client downloads the same frames each round, and protobuf's copy and
+        serialization of each chunk, per client, was several ms of the coordinator's CPU (a 6.8 MB model in 1 MiB
+        chunks: ~4 ms). A download resumed at an offset is serialized as it goes."""
+        frames = self._frames.get(manifest.digest)
+        if frames is None:
+            frames = [m.SerializeToString() for m in _model_chunks(manifest, data, self._chunk_size, 0)]
+            self._frames[manifest.digest] = frames
+            while len(self._frames) > MODEL_FRAMES_KEPT:
+                self._frames.popitem(last=False)
+        else:
+            self._frames.move_to_end(manifest.digest)
+        return frames
 
     async def UploadUpdate(
         self,

@@ -46,6 +46,10 @@ def _tolerant(message_type: type[Message]) -> Callable[[bytes], Message | Malfor
     return deserialize
 
 
+def _as_is(message: bytes) -> bytes:
+    return message
+
+
 def add_federation_service(servicer: Any, server: grpc.aio.Server) -> None:
     """Register `servicer`'s four methods on `server` with tolerant request parsing."""
     handlers = {
@@ -57,7 +61,7 @@ def add_federation_service(servicer: Any, server: grpc.aio.Server) -> None:
         "DownloadModel": grpc.unary_stream_rpc_method_handler(
             servicer.DownloadModel,
             request_deserializer=_tolerant(pb.DownloadRequest),
-            response_serializer=pb.ModelChunk.SerializeToString,
+            response_serializer=_as_is,  # the servicer serializes (and keeps) a model's chunks itself
         ),
         "UploadUpdate": grpc.stream_unary_rpc_method_handler(
             servicer.UploadUpdate,

@@ -10,6 +10,8 @@ import pytest
 
 from contracts.compression import compress_update, parse_compression
 from contracts.events import QuorumReached, UpdateAccepted, UpdateRejected
+from contracts.proto.fedbus.v1 import federation_pb2 as pb
+from contracts.proto.fedbus.v1 import federation_pb2_grpc as pb_grpc
 from contracts.tensor_codec import decode_tensors
 from tests.integration.grpc_world import code_of, update_payload, world
 
@@ -145,6 +147,30 @@ def test_stale_model_and_closed_round_are_failed_preconditions() -> None:
 
             assert code_of(stale.value) == grpc.StatusCode.FAILED_PRECONDITION
             assert code_of(closed.value) == grpc.StatusCode.FAILED_PRECONDITION
+
+    asyncio.run(scenario())
+
+
+def test_every_download_of_a_model_is_the_same_stream_and_one_resumed_at_an_offset_gets_the_rest() -> None:
+    """The servicer keeps a model's serialized chunks for the next downloads; a download at an offset is built as
+    it goes, its first message still carrying the manifest."""
+
+    async def scenario() -> None:
+        async with world(big=True) as w:
+            transport, reg = w.clients[0]
+            whole = [await transport.download_model(w.run_id, 0, w.round.model_digest) for _ in range(2)]
+            offset = (1 << 20) + 5
+            async with grpc.aio.insecure_channel(w.address) as channel:
+                stub = pb_grpc.FederationStub(channel)
+                ask = pb.DownloadRequest(run_id=w.run_id, model_version=0, offset=offset)
+                chunks = [
+                    c async for c in stub.DownloadModel(ask, metadata=(("authorization", f"Bearer {reg.token}"),))
+                ]
+
+            assert whole[0] == whole[1]
+            np.testing.assert_array_equal(decode_tensors(whole[0])["conv.weight"], w.model["conv.weight"])
+            assert chunks[0].manifest.digest == w.round.model_digest and not chunks[1].HasField("manifest")
+            assert b"".join(c.data for c in chunks) == whole[0][offset:]
 
     asyncio.run(scenario())
 
