@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from contracts.capability import Capability, measured
 from contracts.config import RunConfig
@@ -124,6 +124,18 @@ class RoundState:
     def has_sent(self, client_id: str) -> bool:
         return client_id in self.accepted or client_id in self.late
 
+    def fork(self) -> RoundState:
+        """A copy to fold events into without changing this one (see RunState.fork); `sampling` is shared: the
+        fold never changes it."""
+        return replace(
+            self,
+            accepted=dict(self.accepted),
+            late=dict(self.late),
+            rejected=set(self.rejected),
+            declined=set(self.declined),
+            evaluations=list(self.evaluations),
+        )
+
 
 @dataclass(slots=True)
 class RunState:
@@ -167,6 +179,24 @@ class RunState:
         """FedBuff: clients still training on work not more than max_staleness versions behind `model_version`."""
         limit = self.config.strategy.max_staleness
         return {c for c, (_, version) in self.assigned.items() if model_version - version <= limit}
+
+    def fork(self) -> RunState:
+        """A copy to fold events into without changing this one: what a decision would leave (decide.then).
+
+        The containers the fold changes in place are copied; what it only reads or replaces is shared (the
+        frozen config, the frozen records inside the containers). A deep copy cost the coordinator ~7% of its
+        CPU at 200 clients, on every accepted update, and grew with the run's history."""
+        return replace(
+            self,
+            models=dict(self.models),
+            current=self.current.fork() if self.current is not None else None,
+            accuracies=list(self.accuracies),
+            exhausted=set(self.exhausted),
+            first_started=dict(self.first_started),
+            summaries=list(self.summaries),
+            assigned=dict(self.assigned),
+            capabilities=dict(self.capabilities),
+        )
 
     def apply_recorded(self, recorded: RecordedEvent) -> None:
         """Fold one event as the log recorded it, and move to its version (an event already folded is skipped,

@@ -8,7 +8,6 @@ deadline, failure and retry, convergence, stop.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,7 +112,7 @@ def _aggregation_overdue(run: RunState, now: float) -> list[Event]:
 
 def then(run: RunState, events: Sequence[Event], pool: ClientPool, now: float) -> list[Event]:
     """`events` followed by what becomes due once they are folded in (appended together, in one commit)."""
-    preview = copy.deepcopy(run)
+    preview = run.fork()
     for event in events:
         preview.apply(event, now)
     return [*events, *due(preview, pool, now)]
@@ -256,7 +255,7 @@ def resume(run: RunState, pool: ClientPool, now: float, since: float) -> list[Ev
     if run.completed or current is None or current.aggregated or current.failed or current.started_at >= since:
         return due(run, pool, now)
     failed = RoundFailed(run_id=run.run_id, round=current.round, attempt=current.attempt, reason=RESUMED)
-    preview = copy.deepcopy(run)
+    preview = run.fork()
     preview.apply(failed, now)
     return [failed, *_start_round(preview, pool, now, current.round, current.attempt + 1)]
 
