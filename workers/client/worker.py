@@ -228,9 +228,16 @@ class ClientWorker:
             self.rounds_trained += 1
             log.info("client %s: uploaded round %s (%d bytes)", self.client_id, event.round, len(compressed.payload))
         except grpc.aio.AioRpcError as exc:
-            # The coordinator refused or the round closed: nothing to retry, the next round will come.
-            log.warning(
-                "client %s: upload for round %s refused: %s %s", self.client_id, event.round, exc.code(), exc.details()
+            # The coordinator refused or the round closed: nothing to retry, the next round will come. A round that
+            # closed before the update came (FAILED_PRECONDITION: a straggler under a quorum) is no fault of anyone's.
+            level = logging.INFO if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logging.WARNING
+            log.log(
+                level,
+                "client %s: upload for round %s refused: %s %s",
+                self.client_id,
+                event.round,
+                exc.code(),
+                exc.details(),
             )
 
     def _measurements(self, train_s: float, steps: int) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,32 @@ def test_work_that_arrives_past_its_deadline_is_declined_as_too_late_without_tra
     asyncio.run(client.handle(round_started(1)))
 
     assert transport.declines == [("r", 1, DECLINE_TOO_LATE)] and trainer.calls == [] and transport.uploads == []
+
+
+class RefusingTransport(RecordingTransport):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__()
+        self.code = code
+
+    async def upload(self, header: Any, payload: bytes) -> None:
+        raise grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "refused")
+
+
+@pytest.mark.parametrize(
+    ("code", "level"),
+    [(grpc.StatusCode.FAILED_PRECONDITION, logging.INFO), (grpc.StatusCode.INVALID_ARGUMENT, logging.WARNING)],
+)
+def test_an_upload_refused_because_the_round_closed_is_no_warning_but_a_refused_update_is(
+    code: grpc.StatusCode, level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _, trainer = worker()
+    client._transport = RefusingTransport(code)  # type: ignore[assignment]
+
+    with caplog.at_level(logging.INFO, logger="workers.client.worker"):
+        asyncio.run(client.handle(round_started(1)))  # handled: the next round will come
+
+    assert len(trainer.calls) == 1
+    assert [r.levelno for r in caplog.records if "refused" in r.getMessage()] == [level]
 
 
 def test_a_client_declines_a_round_that_would_pass_its_budget() -> None:
