@@ -1,15 +1,17 @@
-"""Run an async service until SIGTERM or SIGINT, then let it drain; end a process when its parent ends."""
+"""Run an async service until SIGTERM or SIGINT, then let it drain; stop background loops between their
+iterations; end a process when its parent ends."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -27,6 +29,36 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None
         await main(stop)
 
     asyncio.run(runner())
+
+
+class LoopStop:
+    """Ends a background loop between its iterations instead of cancelling it inside one, where it may be in the
+    middle of a query: SQLAlchemy logs a traceback ("Exception during reset or similar") for a pooled connection
+    whose task was cancelled mid-statement, and a cancel is no reason for one."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less once set."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+
+async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], grace: float) -> None:
+    """Wait up to `grace` seconds for `tasks` (already told to stop) to end, then cancel what is left."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def die_with_parent(parent_pid: int, sig: signal.Signals) -> None:

@@ -12,6 +12,7 @@ import logging
 from broker.errors import Unroutable
 from contracts.errors import TransientError
 from contracts.ports import Outbox, Publisher
+from ops.lifecycle import LoopStop
 from ops.telemetry import attached
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,13 @@ class OutboxRelay:
         self._interval = interval
         self._batch = batch
         self._wake = asyncio.Event()
+        self._stop = LoopStop()
         self.published = 0
+
+    def stop(self) -> None:
+        """End run_forever once the batch in progress is published and marked."""
+        self._stop.set()
+        self._wake.set()
 
     def wake(self) -> None:
         """Publish soon (after an append) instead of at the next poll."""
@@ -54,15 +61,17 @@ class OutboxRelay:
         return sent
 
     async def run_forever(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.relay_once()
             except TransientError as exc:
                 log.warning("outbox relay: %s; retrying", exc)
-                await asyncio.sleep(1.0)
+                await self._stop.sleep(1.0)
             except Exception:
                 log.exception("outbox relay failed; retrying")
-                await asyncio.sleep(1.0)
+                await self._stop.sleep(1.0)
+            if self._stop.is_set():
+                break
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)

@@ -7,7 +7,6 @@ manifests) and the pure decider (`decide.py`). It appends events; the outbox rel
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 
@@ -17,6 +16,7 @@ from contracts.events import ClientEvicted, ClientRegistered, Event, RunCreated
 from contracts.ports import Clock, EventLog
 from contracts.run_state import RunState
 from ops.clock import SystemClock
+from ops.lifecycle import LoopStop
 from ops.metrics import FedbusMetrics
 from services.coordinator import decide
 from services.coordinator.admission import UploadAdmission
@@ -36,6 +36,7 @@ class Coordinator:
         self.models = ModelServer(log_, self.runs, self.metrics)
         self.uploads = UploadAdmission(self.runs, self.models, self.clients)
         self._position = 0  # how far `sync` has read the whole log
+        self._ticks = LoopStop()
 
     async def recover(self) -> None:
         """Rebuild clients and runs from the whole log (after a restart)."""
@@ -85,15 +86,19 @@ class Coordinator:
                 await self.runs.commit(rid, self._due, self._due)
 
     async def tick_forever(self, interval: float = 0.2) -> None:
-        """Deadlines and grace periods close rounds even when no event arrives; a failed tick is retried."""
-        while True:
+        """Deadlines and grace periods close rounds even when no event arrives; a failed tick is retried. Ends
+        after the tick in progress once `stop_ticking` is called."""
+        while not self._ticks.is_set():
             try:
                 await self.advance()
             except TransientError as exc:
                 log.warning("coordinator tick: %s; retrying", exc)
             except Exception:
                 log.exception("coordinator tick failed; retrying")
-            await asyncio.sleep(interval)
+            await self._ticks.sleep(interval)
+
+    def stop_ticking(self) -> None:
+        self._ticks.set()
 
     def _due(self, run: RunState, now: float) -> list[Event]:
         return decide.due(run, self.clients.pool(), now)

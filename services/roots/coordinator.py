@@ -23,6 +23,7 @@ from broker.topology import COORDINATOR_QUEUE
 from contracts.config import RunConfig
 from contracts.envelope import Envelope
 from contracts.ports import Clock, Consumption, EventLog
+from ops.lifecycle import stop_tasks
 from ops.metrics import serve_metrics
 from ops.settings import Settings
 from ops.telemetry import shutdown_telemetry
@@ -82,9 +83,9 @@ class CoordinatorApp:
             await self._server.stop(grace=grace)
         if self._consumer is not None:
             await self._consumer.cancel()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.relay.stop()
+        self.coordinator.stop_ticking()
+        await stop_tasks(self._tasks, grace)
         with contextlib.suppress(Exception):
             await self.relay.relay_once()
         self._unlisten()
