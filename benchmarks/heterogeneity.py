@@ -24,6 +24,7 @@ rounds * clients / K buffers for FedBuff.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, data_scope, federate, partition_label, reached
 from benchmarks.latency import STRAGGLERS, Device, SlowTrainer, ThrottledClient, draw_devices
 from contracts.capability import PlansConfig
+from contracts.run_state import quorum_size
 from contracts.strategy import FEDBUFF, StrategyConfig
 
 UPLINK_MBIT = (0.5, 50.0)
@@ -54,6 +56,7 @@ class _Setting:
     partition: str
     epsilon: float | None
     target: float
+    rounds: int  # the budget: this many rounds of every client
     plot: Path
 
 
@@ -97,6 +100,22 @@ def _federate(
     )
 
 
+def ceilings(devices: Sequence[Device], update_bytes: float, quorum: float = 0.8) -> tuple[float, float]:
+    """What FedBuff and the capability-aware plans can gain over `quorum` on these devices, estimated from their
+    emulated times alone (device time plus upload; the real training, the shared cores and what a round costs
+    between its updates left out).
+
+    FedBuff: its rate of updates with every client training back to back, over the quorum's (k updates a round,
+    each round the k-th fastest client's time). The plans: the round brought from the k-th fastest client's time
+    to the median's. Beyond these, a mode is faster to an accuracy only if each of its updates advances the model
+    more than a quorum round's do, which staleness and fewer local steps do not give.
+    """
+    times = sorted(device.compute_s + update_bytes / device.uplink_bytes_per_s for device in devices)
+    k = quorum_size(len(times), quorum, 1)
+    kth = times[k - 1]
+    return sum(1.0 / t for t in times) / (k / kth), kth / statistics.median(times)
+
+
 def _time_to(result: FederatedResult, target: float) -> float:
     hit = reached(result.rows, target)
     return hit.elapsed_s if hit else math.inf
@@ -113,26 +132,29 @@ def run(
     target: float,
     dp_epsilon: float,
     dp_target: float,
+    dp_rounds: int,
     base_compute_s: float,
     plot: Path,
     noniid_plot: Path,
     dp_plot: Path,
 ) -> list[str]:
-    """Every mode at every client count on the same devices: without DP (to `target`) on an IID and a
-    Dirichlet(0.5) split, and with record-level DP at `dp_epsilon` (to `dp_target`) on the IID one; a table,
-    the speed-ups and a plot for each."""
+    """Every mode at every client count on the same devices: without DP (to `target`, within `rounds`) on an IID
+    and a Dirichlet(0.5) split, and with record-level DP at `dp_epsilon` (to `dp_target`, within `dp_rounds`: the
+    noise is calibrated over them) on the IID one; a table, the speed-ups and a plot for each."""
 
     settings = (
-        _Setting("Without DP, IID", "iid", None, target, plot),
-        _Setting(f"Without DP, {partition_label(NON_IID)}", NON_IID, None, target, noniid_plot),
-        _Setting(f"With record-level DP, epsilon {dp_epsilon:g}, IID", "iid", dp_epsilon, dp_target, dp_plot),
+        _Setting("Without DP, IID", "iid", None, target, rounds, plot),
+        _Setting(f"Without DP, {partition_label(NON_IID)}", NON_IID, None, target, rounds, noniid_plot),
+        _Setting(
+            f"With record-level DP, epsilon {dp_epsilon:g}, IID", "iid", dp_epsilon, dp_target, dp_rounds, dp_plot
+        ),
     )
 
     def one(
         devices: list[Device], quorum: float, buffer: int | None, plans: PlansConfig | None, setting: _Setting
     ) -> FederatedResult:
         return _federate(
-            executor, devices, quorum=quorum, buffer=buffer, plans=plans, data_dir=data_dir, rounds=rounds,
+            executor, devices, quorum=quorum, buffer=buffer, plans=plans, data_dir=data_dir, rounds=setting.rounds,
             train_limit=train_limit, eval_limit=eval_limit, target=setting.target, epsilon=setting.epsilon,
             partition=setting.partition,
         )  # fmt: skip
@@ -140,8 +162,9 @@ def run(
     results: dict[_Setting, dict[tuple[int, str], FederatedResult]] = {setting: {} for setting in settings}
     tried: dict[int, FederatedResult] = {}
     chosen = 0.0
+    devices_of: dict[int, list[Device]] = {}
     for index, count in enumerate(client_counts):
-        devices = draw_devices(count, base_compute_s=base_compute_s, uplink_mbit=UPLINK_MBIT)
+        devices = devices_of[count] = draw_devices(count, base_compute_s=base_compute_s, uplink_mbit=UPLINK_MBIT)
         for setting in settings:
             runs = results[setting]
             runs[(count, "synchronous")] = one(devices, 1.0, None, None, setting)
@@ -164,7 +187,8 @@ def run(
         f"round (batch {BATCH_SIZE}, lr {LR:g}, momentum 0.5), int8 updates, test accuracy "
         f"on {tests} test samples, until "
         f"{target:.0%} without DP (or {dp_target:.0%} with record-level DP at epsilon {dp_epsilon:g}, delta 1e-5, "
-        f"clip 1.0, RDP) or the same budget of client updates ({rounds} x every client). Seeded devices: "
+        f"clip 1.0, RDP) or the same budget of client updates ({rounds} x every client; {dp_rounds} x with DP). "
+        "Seeded devices: "
         f"each client's round costs its real training plus {base_compute_s:g} s x a speed factor (1-1.5x; "
         f"{STRAGGLERS:.0%} stragglers at 3-5x), uploads through its own {UPLINK_MBIT[0]:g}-{UPLINK_MBIT[1]:g} "
         "Mbit/s uplink (log-uniform). Same devices for every mode; real gRPC, SQLite log, in-memory broker. "
@@ -181,6 +205,8 @@ def run(
         + ", ".join(f"{k} ({_hit_text(r, target)})" for k, r in tried.items())
         + f"; the better, K = {chosen:.0%} of the clients, is used at every count and setting.",
         "",
+        _ceilings_text(devices_of, results[settings[0]]),
+        "",
     ]
     for setting in settings:
         lines += [f"{setting.name}:", "", *_table(results[setting], setting.target), ""]
@@ -191,6 +217,24 @@ def run(
         }
         plots.accuracy_over_time(setting.plot, curves, f"heterogeneous clients, {setting.name}")
     return lines
+
+
+def _ceilings_text(devices_of: dict[int, list[Device]], runs: dict[tuple[int, str], FederatedResult]) -> str:
+    """What `ceilings` allows at each client count, for the updates' mean size in quorum 0.8's runs."""
+    sizes = [(row.bytes_sent, row.updates) for (_, mode), r in runs.items() if mode == "quorum 0.8" for row in r.rows]
+    update_bytes = sum(b for b, _ in sizes) / max(1, sum(n for _, n in sizes))
+    bounds = {count: ceilings(devices, update_bytes) for count, devices in devices_of.items()}
+    counts = " / ".join(f"{count}" for count in bounds)
+    return (
+        f"What these devices allow ({counts} clients), from their emulated times alone (device time plus the "
+        f"upload of an update of {update_bytes / 1000:.0f} KB): FedBuff takes about "
+        + " / ".join(f"{fedbuff:.2f}x" for fedbuff, _ in bounds.values())
+        + " quorum 0.8's updates per second, and the plans shorten its round about "
+        + " / ".join(f"{plans:.2f}x" for _, plans in bounds.values())
+        + ". Beyond that a mode must make each update count for more, which staleness and fewer local steps do "
+        "not. The estimate leaves out what a round costs between its updates (aggregation, evaluation, the next "
+        "round's start), which FedBuff overlaps with training, so FedBuff can come out a little above it."
+    )
 
 
 def _table(results: dict[tuple[int, str], FederatedResult], target: float) -> list[str]:

@@ -78,12 +78,13 @@ class Profile:
     user_rounds: int
     user_local_epochs: int
     heterogeneity_clients: tuple[int, ...]
-    heterogeneity_target: float  # full: the 95% without DP; quick: 90%, which its 6,000 samples allow
+    heterogeneity_target: float  # the 95% without DP (quick: its 6,000 samples reach it in ~20-35 rounds)
     # Record-level DP: the same modes to heterogeneity_dp_target at this budget. quick: 40%, near what DP-SGD
     # at epsilon 3 reaches on its 120-240 samples per client (a trial of quorum 0.8 at 25 clients: 44%).
     heterogeneity_epsilon: float
     heterogeneity_dp_target: float
-    heterogeneity_rounds: int
+    heterogeneity_rounds: int  # the budget without DP: this many rounds of every client
+    heterogeneity_dp_rounds: int  # ... with DP, which each client's noise is calibrated over
 
 
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, None)
@@ -98,7 +99,7 @@ PROFILES = {
         startup_clients=10, startup_repeats=3, strategy_rounds=30, strategy_dp_rounds=15, strategy_target=0.97,
         strategy_partitions=STRATEGY_PARTITIONS, user_clients=100, user_rounds=5, user_local_epochs=5,
         heterogeneity_clients=(25, 50), heterogeneity_target=0.95, heterogeneity_rounds=30,
-        heterogeneity_epsilon=2.0, heterogeneity_dp_target=0.9,
+        heterogeneity_epsilon=2.0, heterogeneity_dp_target=0.9, heterogeneity_dp_rounds=30,
     ),
     "quick": Profile(
         updates=20, params=1_663_370, repeats=5, samples=3000, clients=200, train_limit=6000, eval_limit=2000,
@@ -108,8 +109,8 @@ PROFILES = {
         task_rounds=20, task_epsilons=(3.0,), task_train_limit=None, task_eval_limit=None,
         startup_clients=10, startup_repeats=3, strategy_rounds=12, strategy_dp_rounds=4, strategy_target=0.9,
         strategy_partitions=STRATEGY_PARTITIONS, user_clients=100, user_rounds=5, user_local_epochs=5,
-        heterogeneity_clients=(25, 50), heterogeneity_target=0.9, heterogeneity_rounds=20,
-        heterogeneity_epsilon=3.0, heterogeneity_dp_target=0.4,
+        heterogeneity_clients=(25, 50), heterogeneity_target=0.95, heterogeneity_rounds=40,
+        heterogeneity_epsilon=3.0, heterogeneity_dp_target=0.4, heterogeneity_dp_rounds=20,
     ),
     "smoke": Profile(
         updates=3, params=10_000, repeats=1, samples=300, clients=10, train_limit=100, eval_limit=100,
@@ -120,7 +121,7 @@ PROFILES = {
         startup_clients=3, startup_repeats=1, strategy_rounds=1, strategy_dp_rounds=1, strategy_target=0.5,
         strategy_partitions=("iid",), user_clients=10, user_rounds=1, user_local_epochs=1,
         heterogeneity_clients=(5,), heterogeneity_target=0.5, heterogeneity_rounds=1,
-        heterogeneity_epsilon=3.0, heterogeneity_dp_target=0.3,
+        heterogeneity_epsilon=3.0, heterogeneity_dp_target=0.3, heterogeneity_dp_rounds=1,
     ),
 }  # fmt: skip
 
@@ -210,7 +211,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Context], list[str]], bool]] = {
         lambda c: heterogeneity.run(
         c.executor, data_dir=c.data_dir, client_counts=c.p.heterogeneity_clients, rounds=c.p.heterogeneity_rounds,
         target=c.p.heterogeneity_target, dp_epsilon=c.p.heterogeneity_epsilon, dp_target=c.p.heterogeneity_dp_target,
-        base_compute_s=c.p.device_s, plot=c.folder / "heterogeneity.png",
+        dp_rounds=c.p.heterogeneity_dp_rounds, base_compute_s=c.p.device_s, plot=c.folder / "heterogeneity.png",
         noniid_plot=c.folder / "heterogeneity_noniid.png", dp_plot=c.folder / "heterogeneity_dp.png",
         **c.sizes),
         True),
