@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, data_scope, federate, partition_label, reached
 from benchmarks.latency import STRAGGLERS, Device, SlowTrainer, ThrottledClient, draw_devices
+from benchmarks.progress import say
 from contracts.capability import PlansConfig
 from contracts.run_state import quorum_size
 from contracts.strategy import FEDBUFF, StrategyConfig
@@ -153,11 +155,18 @@ def run(
     def one(
         devices: list[Device], quorum: float, buffer: int | None, plans: PlansConfig | None, setting: _Setting
     ) -> FederatedResult:
-        return _federate(
+        started = time.perf_counter()
+        result = _federate(
             executor, devices, quorum=quorum, buffer=buffer, plans=plans, data_dir=data_dir, rounds=setting.rounds,
             train_limit=train_limit, eval_limit=eval_limit, target=setting.target, epsilon=setting.epsilon,
             partition=setting.partition,
         )  # fmt: skip
+        mode = f"FedBuff K={buffer}" if buffer else "capability-aware" if plans else f"quorum {quorum:g}"
+        say(
+            f"heterogeneity: {len(devices)} clients, {setting.name}, {mode}: {_hit_text(result, setting.target)} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        return result
 
     results: dict[_Setting, dict[tuple[int, str], FederatedResult]] = {setting: {} for setting in settings}
     tried: dict[int, FederatedResult] = {}

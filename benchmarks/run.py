@@ -32,6 +32,7 @@ from benchmarks import (
     user_level,
 )
 from benchmarks.machine import machine
+from benchmarks.progress import say
 from contracts.errors import ConfigError, TransientError
 from ops.settings import Settings
 from services.roots.pool import process_pool, warm_up
@@ -293,7 +294,7 @@ def _section(title: str, body: Callable[[], list[str]]) -> list[str]:
 
 def _took(started: float) -> str:
     line = f"_This section ran in {time.perf_counter() - started:.0f} s._"
-    print(f"[bench] {line}", file=sys.stderr, flush=True)
+    say(line)
     return line
 
 

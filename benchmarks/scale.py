@@ -34,6 +34,7 @@ from pathlib import Path
 from benchmarks import plots
 from benchmarks.isolation import free_port, fresh_database, fresh_vhost
 from benchmarks.machine import min_median_max
+from benchmarks.progress import say
 from contracts.config import RunConfig
 from contracts.envelope import RecordedEvent
 from contracts.events import RoundAggregated, RoundStarted, RunCompleted, UpdateAccepted
@@ -248,7 +249,7 @@ def run(
                 database_url=database_url,
             )
         )  # fmt: skip
-        print(f"[bench] scale: {clients} clients in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        say(f"scale: {clients} clients in {time.perf_counter() - started:.0f} s")
     kb = points[0].update_bytes / 1000
     lines = [
         f"`{model}`, int8 updates of ~{kb:,.0f} KB, {rounds} rounds "
