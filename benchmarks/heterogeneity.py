@@ -161,7 +161,8 @@ def run(
             train_limit=train_limit, eval_limit=eval_limit, target=setting.target, epsilon=setting.epsilon,
             partition=setting.partition,
         )  # fmt: skip
-        mode = f"FedBuff K={buffer}" if buffer else "capability-aware" if plans else f"quorum {quorum:g}"
+        synchronous = "synchronous" if quorum == 1.0 else f"quorum {quorum:g}"
+        mode = f"FedBuff K={buffer}" if buffer else "capability-aware" if plans else synchronous
         say(
             f"heterogeneity: {len(devices)} clients, {setting.name}, {mode}: {_hit_text(result, setting.target)} "
             f"({time.perf_counter() - started:.0f} s)"
