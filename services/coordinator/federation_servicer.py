@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +18,7 @@ from contracts.tensor_codec import Manifest, iter_chunks
 from contracts.uploads import ClientCapabilities, UploadHeader, check_count, check_text
 from contracts.wire import CHUNK_SIZE, RETRY_AFTER_KEY
 from ops.clock import SystemClock
+from services.coordinator.blob_cache import Recent
 from services.coordinator.coordinator import Coordinator
 from services.coordinator.errors import UploadStalled
 from services.coordinator.grpc_status import status_of
@@ -74,7 +74,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._clock = clock or SystemClock()
         self._tokens = tokens
         self._chunk_size = chunk_size
-        self._frames: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()  # digest -> frames
+        self._frames: Recent[str, list[bytes]] = Recent(MODEL_FRAMES_KEPT)  # model digest -> serialized chunks
 
     def _client_id(self, context: grpc.aio.ServicerContext[object, object]) -> str:
         return self._tokens.verify(bearer(context), now=self._clock.now())
@@ -129,16 +129,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         """A whole model's download as serialized ModelChunk messages, built once per model version and kept for
         the latest MODEL_FRAMES_KEPT: every client downloads the same frames each round, and protobuf's copy and
         serialization of each chunk, per client, was several ms of the coordinator's CPU (a 6.8 MB model in 1 MiB
-        chunks: ~4 ms). A download resumed at an offset is serialized as it goes."""
-        frames = self._frames.get(manifest.digest)
-        if frames is None:
-            frames = [m.SerializeToString() for m in _model_chunks(manifest, data, self._chunk_size, 0)]
-            self._frames[manifest.digest] = frames
-            while len(self._frames) > MODEL_FRAMES_KEPT:
-                self._frames.popitem(last=False)
-        else:
-            self._frames.move_to_end(manifest.digest)
-        return frames
+        chunks: 7.6 ms, measured with other work running). A download resumed at an offset is serialized as it goes."""
+        return self._frames.get(
+            manifest.digest,
+            lambda: [m.SerializeToString() for m in _model_chunks(manifest, data, self._chunk_size, 0)],
+        )
 
     async def UploadUpdate(
         self,
