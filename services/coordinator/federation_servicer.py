@@ -146,7 +146,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         except Exception as exc:
             await _drain(request_iterator)
             await context.abort(*status_of(exc))
-        await self._admit_stream(client_id, context)
+        await self._admit_stream(client_id, request_iterator, context)
         self._uploading.add(client_id)
         chunks = _paced(request_iterator, self._limits)
         try:
@@ -164,9 +164,15 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._uploading.discard(client_id)
         return pb.UploadReply(update_id=accepted.update_id, accepted=True, late=accepted.late)
 
-    async def _admit_stream(self, client_id: str, context: grpc.aio.ServicerContext[object, object]) -> None:
-        """Shed the stream before reading a byte when the client already has one open or every slot is taken;
-        the client backs off and retries (see RETRY_AFTER_KEY)."""
+    async def _admit_stream(
+        self,
+        client_id: str,
+        request_iterator: AsyncIterator[pb.UpdateChunk | Malformed],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> None:
+        """Shed the stream without taking a slot when the client already has one open or every slot is taken;
+        the client backs off and retries (see RETRY_AFTER_KEY). What it is still sending is drained first, as
+        for every refusal: a shed 3 MiB upload otherwise reached the client as INTERNAL about one time in ten."""
         if client_id in self._uploading:
             why = f"{client_id} already has an upload in flight"
         elif len(self._uploading) >= self._limits.max_concurrent:
@@ -174,6 +180,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         else:
             return
         self._coordinator.metrics.uploads_shed.inc()
+        await _drain(request_iterator)
         await context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"{why}; retry later",
