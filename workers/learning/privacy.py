@@ -12,10 +12,11 @@ use that one, so the planned epsilon and the reported one agree:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,18 @@ def _check_accountant(accountant: str) -> None:
         raise ConfigError("accountant", f"must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r:.100}")
 
 
+@contextlib.contextmanager
+def _quiet_accounting() -> Iterator[None]:
+    """Opacus' warnings that carry no news for a caller, kept out of the workers' logs:
+    - "Optimal order is the largest alpha": the RDP bound (of the RDP accountant, and of PRV's own domain) at
+      large noise, which calibration's bisection visits and user-level DP runs at;
+    - divide by zero in log: at q = 1 (user-level DP without amplification) Opacus' PRV takes log(1 - q) = -inf
+      on purpose."""
+    with warnings.catch_warnings(), np.errstate(divide="ignore"):
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
+
+
 def derive_noise_multiplier(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
@@ -72,9 +85,7 @@ def derive_noise_multiplier(
 def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     # ~1 s of CPU per search; clients with the same plan (an IID split) share one result per process.
     try:
-        with warnings.catch_warnings():
-            # The bisection visits huge sigmas whose best RDP order is the largest one; that warning is noise.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        with _quiet_accounting():
             sigma = get_noise_multiplier(
                 target_epsilon=target_epsilon,
                 target_delta=delta,
@@ -160,11 +171,11 @@ class PrivacyLedger:
         if self.accountant == "prv":
             prv = PRVAccountant()
             prv.history = list(history)
-            # At q = 1 (user-level DP without amplification) Opacus takes log(1 - q) = -inf on purpose.
-            with np.errstate(divide="ignore"):
+            with _quiet_accounting():
                 return float(prv.get_epsilon(delta, eps_error=PRV_EPS_ERROR))
         rdp = sum([_rdp_one_step(noise, rate) * steps for noise, rate, steps in history])
-        eps, _order = rdp_analysis.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
+        with _quiet_accounting():
+            eps, _order = rdp_analysis.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
         return float(eps)
 
     def epsilon_after(self, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import warnings
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -164,3 +166,20 @@ def test_an_unknown_accountant_is_refused_where_it_is_named() -> None:
     with pytest.raises(ConfigError, match=r"privacy\.accountant"):
         PrivacyConfig(accountant="gdp")
     assert ACCOUNTANTS == CONFIG_ACCOUNTANTS
+
+
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+def test_user_level_accounting_at_rate_one_and_large_noise_logs_no_warning(accountant: str) -> None:
+    """User-level DP without amplification (q = 1) at ~16x noise: Opacus' PRV takes log(1 - q) = -inf on purpose
+    and both bounds' best RDP order is the largest one. Those warnings filled a user-level run's log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(divide="raise"):
+            # steps=7: a combination no other test calibrates, so that the search's cache cannot answer it.
+            z = derive_noise_multiplier(
+                target_epsilon=0.5, delta=DELTA, sample_rate=1.0, steps=7, accountant=accountant
+            )
+            ledger = PrivacyLedger(accountant)
+            ledger.record(z, 1.0, 7)
+            spent = ledger.epsilon(DELTA)
+    assert z > 10 and 0.4 < spent <= 0.5 + 0.02
