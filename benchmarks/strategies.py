@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, data_scope, federate, partition_label, reached
+from benchmarks.progress import say
 from contracts.config import RunConfig
 from contracts.strategy import FEDADAM, FEDAVG, FEDAVGM, FEDPROX, FEDYOGI, StrategyConfig
 
@@ -87,6 +88,7 @@ def run(
         for value in grid:
             result = federate(config("iid", _strategy(name, value), dp=False), executor, data_dir=data_dir)
             scores[value] = _score(result, target)
+            say(f"strategies: tuning {_describe(name, value)}, IID: {_progress(result, target)}")
         tuned[name] = min(grid, key=lambda v: scores[v])
         tried = ", ".join(f"{v:g}: {_rounds(r, rounds)} rounds, {-a:.2%}" for v, (r, a) in scores.items())
         tuning.append(f"- {name}, {option}: {tried} -> **{tuned[name]:g}**")
@@ -95,10 +97,12 @@ def run(
     for partition in partitions:
         for name in GRIDS:
             strategy = _strategy(name, tuned[name])
-            cells[(name, partition)] = Cell(
-                no_dp=federate(config(partition, strategy, dp=False), executor, data_dir=data_dir),
-                dp=federate(config(partition, strategy, dp=True), executor, data_dir=data_dir),
-            )
+            where = f"{_describe(name, tuned[name])}, {partition_label(partition)}"
+            no_dp = federate(config(partition, strategy, dp=False), executor, data_dir=data_dir)
+            say(f"strategies: {where}, no DP: {_progress(no_dp, target)}")
+            dp = federate(config(partition, strategy, dp=True), executor, data_dir=data_dir)
+            say(f"strategies: {where}, DP epsilon {epsilon:g}: {_progress(dp, None)}")
+            cells[(name, partition)] = Cell(no_dp=no_dp, dp=dp)
 
     samples, tests = data_scope(train_limit, eval_limit)
     labels = [partition_label(p) for p in partitions]
@@ -141,6 +145,13 @@ def run(
     )  # fmt: skip
     lines += ["", f"![rounds to target and DP accuracy per strategy]({plot.name})"]
     return lines
+
+
+def _progress(result: FederatedResult, target: float | None) -> str:
+    final = f"final {result.rows[-1].accuracy:.2%}" if result.rows else "no round"
+    hit = reached(result.rows, target) if target is not None else None
+    to_target = f"{target:.0%} in round {hit.round}, " if hit and target is not None else ""
+    return f"{to_target}{final} after {len(result.rows)} rounds ({result.wall_s:.0f} s)"
 
 
 def _rounds(rounds: int, limit: int) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import plots
 from benchmarks.federation import FederatedResult, bench_config, data_scope, federate
+from benchmarks.progress import say
 from contracts.config import RunConfig
 from contracts.user_privacy import COUNT_NOISE_DIVISOR, UserPrivacyConfig
 from workers.learning.privacy import derive_noise_multiplier
@@ -69,7 +70,11 @@ def run(
             clients=clients, rounds=rounds, epsilon=epsilon, local_epochs=local_epochs, train_limit=train_limit,
             eval_limit=eval_limit,
         )  # fmt: skip
-        results[epsilon] = (federate(config, executor, data_dir=data_dir), z)
+        result = federate(config, executor, data_dir=data_dir)
+        results[epsilon] = (result, z)
+        final = f"{result.rows[-1].accuracy:.2%}" if result.rows else "no round"
+        level = "no user-level DP" if epsilon is None else f"user-level epsilon {epsilon:g}"
+        say(f"user-level DP: {clients} clients, {level}: {final} ({result.wall_s:.0f} s)")
     samples, tests = data_scope(train_limit, eval_limit)
     per_client = (train_limit or 60_000) // clients
     lines = [
